@@ -1,0 +1,1 @@
+"""HTTP routes only: each handler authenticates, parses with a dialect, calls the gateway."""

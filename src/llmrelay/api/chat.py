@@ -1,0 +1,56 @@
+"""Chat completions under every path of SPEC section 2."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llmrelay.api.context import context
+from llmrelay.api.io import JSONResponse, event_stream, primed, read_json, until_disconnect
+from llmrelay.dialects import render
+from llmrelay.dialects.openai_chat import parse_chat_request
+from llmrelay.stream import collect
+
+
+async def chat_completions(request: Request) -> Response:
+    ctx = context(request)
+    key = await ctx.auth.authenticate(request.headers.getlist("authorization"))
+    body = await read_json(
+        request, limit=ctx.settings.max_body_bytes, relaxed=ctx.settings.relaxed_json
+    )
+    chat = parse_chat_request(
+        body,
+        path_model=request.path_params.get("model"),
+        default_model=ctx.settings.default_model,
+    )
+    ctx.auth.authorize_model(key, chat.model)
+    info = ctx.gateway.prepare(chat)
+    chunks = ctx.gateway.stream(chat, info)
+    if chat.stream:
+        first, rest = await primed(chunks)
+        renderer = render.ChunkRenderer(
+            model=info.id, n=chat.n, include_usage=chat.include_usage, logprobs=chat.logprobs
+        )
+        return event_stream(renderer, first, rest)
+    completion = await until_disconnect(request, collect(chunks, chat.n))
+    return JSONResponse(
+        render.chat_completion(
+            completion,
+            response_id=render.new_id("chatcmpl"),
+            created=int(time.time()),
+            model=info.id,
+            logprobs=chat.logprobs,
+        )
+    )
+
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/openai/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/chat/completions", chat_completions, methods=["POST"]),
+    Route("/{model:path}/v1/chat/completions", chat_completions, methods=["POST"]),
+]

@@ -1,0 +1,1 @@
+"""Wire formats: parse and normalise requests, render responses and SSE."""

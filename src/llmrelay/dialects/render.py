@@ -1,0 +1,249 @@
+"""Render completions and chunks in the OpenAI wire shape (JSON bodies and SSE events)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from llmrelay.errors import LLMRelayError, error_payload
+from llmrelay.stream import (
+    Chunk,
+    Completion,
+    Finish,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+
+DONE = b"data: [DONE]\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_error(error: LLMRelayError) -> bytes:
+    return sse(error_payload(error))
+
+
+def usage_wire(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def logprobs_wire(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+                    for t in e.top_logprobs
+                ],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def chat_completion(
+    completion: Completion, *, response_id: str, created: int, model: str, logprobs: bool
+) -> dict[str, Any]:
+    choices = []
+    for choice in completion.choices:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": choice.text if (choice.text or not choice.tool_calls) else None,
+            "refusal": None,
+            "annotations": [],
+        }
+        if choice.reasoning:
+            message["reasoning_content"] = choice.reasoning
+        if choice.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in choice.tool_calls
+            ]
+        choices.append(
+            {
+                "index": choice.index,
+                "message": message,
+                "logprobs": logprobs_wire(choice.logprobs or []) if logprobs else None,
+                "finish_reason": choice.finish_reason,
+            }
+        )
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "system_fingerprint": None,
+    }
+    if completion.usage is not None:
+        body["usage"] = usage_wire(completion.usage)
+    return body
+
+
+class ChunkRenderer:
+    """Turns typed chunks into ``chat.completion.chunk`` SSE events for one response."""
+
+    def __init__(self, *, model: str, n: int, include_usage: bool, logprobs: bool) -> None:
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.n = n
+        self.include_usage = include_usage
+        self.logprobs = logprobs
+
+    def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self.include_usage:
+            payload["usage"] = usage
+        return sse(payload)
+
+    def _choice(
+        self, index: int, delta: dict[str, Any], *, finish: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs_wire(logprobs) if logprobs is not None and self.logprobs else None,
+            "finish_reason": finish,
+        }
+
+    def start(self) -> bytes:
+        return b"".join(
+            self._event([self._choice(i, {"role": "assistant", "content": ""})])
+            for i in range(self.n)
+        )
+
+    def render(self, chunk: Chunk) -> bytes:
+        match chunk:
+            case TextDelta():
+                if not chunk.text and not chunk.logprobs:
+                    return b""
+                return self._event(
+                    [self._choice(chunk.index, {"content": chunk.text}, logprobs=chunk.logprobs)]
+                )
+            case ReasoningDelta():
+                return self._event([self._choice(chunk.index, {"reasoning_content": chunk.text})])
+            case ToolCallDelta():
+                call: dict[str, Any] = {"index": chunk.call_index}
+                if chunk.id:
+                    call["id"] = chunk.id
+                    call["type"] = "function"
+                function: dict[str, Any] = {"arguments": chunk.arguments}
+                if chunk.name:
+                    function["name"] = chunk.name
+                call["function"] = function
+                return self._event([self._choice(chunk.index, {"tool_calls": [call]})])
+            case Finish():
+                return self._event([self._choice(chunk.index, {}, finish=chunk.reason)])
+            case Usage():
+                if not self.include_usage:
+                    return b""
+                return self._event([], usage_wire(chunk))
+        return b""
+
+
+class CompletionChunkRenderer:
+    """Legacy ``text_completion`` events for ``/v1/completions``."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        self.id = new_id("cmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            payload["usage"] = usage
+        return sse(payload)
+
+    def start(self) -> bytes:
+        return b""
+
+    def render(self, chunk: Chunk) -> bytes:
+        match chunk:
+            case TextDelta() if chunk.text:
+                return self._event([{"text": chunk.text, "index": chunk.index,
+                                     "logprobs": legacy_logprobs(chunk.logprobs, 0),
+                                     "finish_reason": None}])
+            case Finish():
+                return self._event([{"text": "", "index": chunk.index, "logprobs": None,
+                                     "finish_reason": chunk.reason}])
+            case Usage() if self.include_usage:
+                return self._event([], usage_wire(chunk))
+        return b""
+
+
+def legacy_logprobs(entries: list[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
+    if entries is None:
+        return None
+    offsets, position = [], offset
+    for e in entries:
+        offsets.append(position)
+        position += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def text_completion(
+    completion: Completion, *, response_id: str, created: int, model: str, prefix: str
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "text": prefix + c.text,
+                "index": c.index,
+                "logprobs": legacy_logprobs(c.logprobs, len(prefix)),
+                "finish_reason": c.finish_reason,
+            }
+            for c in completion.choices
+        ],
+    }
+    if completion.usage is not None:
+        body["usage"] = usage_wire(completion.usage)
+    return body

@@ -1,0 +1,1 @@
+"""Model name to backend."""

@@ -1,0 +1,82 @@
+"""All configuration in one object: defaults < config file (YAML) < LLMRELAY_* env < CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from platformdirs import user_data_dir
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmrelay.engine.model_files import BUNDLED_MODEL_NAME
+
+
+class SamplingDefaults(BaseModel):
+    """What a local model samples with when a request leaves a parameter out."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+
+
+class LocalModelConfig(BaseModel):
+    name: str = BUNDLED_MODEL_NAME
+    path: str | None = Field(None, description="GGUF file; empty means the bundled SmolLM2")
+    n_ctx: int = Field(8192, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    instances: int = Field(1, ge=1, le=16)
+    max_queue: int = Field(256, ge=1)
+    default_max_tokens: int | None = Field(1024, ge=1)
+    defaults: SamplingDefaults = SamplingDefaults()
+    chat_template: str | None = None
+    reasoning: bool = False
+    separate_reasoning: bool = True
+    aliases: list[str] = []
+    description: str = "SmolLM2-135M-Instruct (Q4_1), run in-process by llama.cpp"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLMRELAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path(user_data_dir("llmrelay", appauthor=False))
+    database_url: str | None = None
+    default_model: str = BUNDLED_MODEL_NAME
+    relaxed_json: bool = False
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    local_models: list[LocalModelConfig] = [LocalModelConfig()]
+    admin_key: SecretStr | None = Field(
+        None, description="Use this secret for the first admin key instead of a random one"
+    )
+    key_cache_seconds: float = Field(0.5, ge=0, le=1)
+    log_level: str = "info"
+    access_log: bool = False
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'llmrelay.db'}"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Merge the config file, the environment and explicit overrides (highest wins)."""
+    config_file = config_file or os.environ.get("LLMRELAY_CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        with open(config_file, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: the config file must be a YAML mapping")
+        file_values = loaded
+    from_env = Settings()
+    env_values = from_env.model_dump(include=from_env.model_fields_set)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**{**file_values, **env_values, **explicit})
