@@ -26,7 +26,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = False
     ok = all(checks.values())
     return JSONResponse(
-        {"status": "ready" if ok else "not ready", "checks": checks, "busy": ctx.local.busy()},
+        {"status": "ready" if ok else "not ready", "checks": checks, "engine": ctx.local.stats()},
         status_code=200 if ok else 503,
     )
 

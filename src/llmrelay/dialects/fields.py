@@ -62,13 +62,17 @@ class Fields:
         return self.raw(key) is not None
 
     def raw(self, key: str) -> Any:
+        return self.obj.get(key)
+
+    def scalar(self, key: str) -> Any:
+        """The value of a scalar or array field, with seed 002's ``{}`` read as null."""
         value = self.obj.get(key)
         if self.empty_object_is_null and isinstance(value, dict) and not value:
             return None
         return value
 
     def required(self, key: str) -> Any:
-        value = self.raw(key)
+        value = self.scalar(key)
         if value is None:
             raise InvalidRequest(
                 f"Missing required parameter: '{self.param(key)}'.",
@@ -78,7 +82,7 @@ class Fields:
         return value
 
     def string(self, key: str, *, required: bool = False, nonempty: bool = False) -> str | None:
-        value = self.required(key) if required else self.raw(key)
+        value = self.required(key) if required else self.scalar(key)
         if value is None:
             return None
         if not isinstance(value, str):
@@ -88,7 +92,7 @@ class Fields:
         return value
 
     def boolean(self, key: str) -> bool | None:
-        value = self.raw(key)
+        value = self.scalar(key)
         if value is None or isinstance(value, bool):
             return value
         raise wrong_type(self.param(key), "a boolean", value)
@@ -102,7 +106,7 @@ class Fields:
         gt: float | None = None,
         lt: float | None = None,
     ) -> float | None:
-        value = self.raw(key)
+        value = self.scalar(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -114,7 +118,7 @@ class Fields:
         return number
 
     def integer(self, key: str, *, ge: int | None = None, le: int | None = None) -> int | None:
-        value = self.raw(key)
+        value = self.scalar(key)
         if value is None:
             return None
         if isinstance(value, float) and value.is_integer():
@@ -131,10 +135,14 @@ class Fields:
             raise invalid_value(self.param(key), f"{value!r} is not one of {options}.")
         return value
 
-    def array(self, key: str, *, required: bool = False) -> list[Any] | None:
-        value = self.required(key) if required else self.raw(key)
+    def array(
+        self, key: str, *, required: bool = False, single_object: bool = False
+    ) -> list[Any] | None:
+        value = self.required(key) if required else self.scalar(key)
         if value is None:
             return None
+        if single_object and isinstance(value, dict):
+            return [value]  # seed 002 documents one object where OpenAI has an array
         if not isinstance(value, list):
             raise wrong_type(self.param(key), "an array", value)
         return value

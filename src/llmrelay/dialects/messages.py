@@ -83,7 +83,7 @@ def _parse_message(f: Fields) -> Message:
 
 
 def _parse_content(f: Fields, *, required: bool) -> list[Part]:
-    raw = f.raw("content")
+    raw = f.scalar("content")
     param = f.param("content")
     if raw is None:
         if required:

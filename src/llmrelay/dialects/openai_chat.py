@@ -49,7 +49,7 @@ def parse_chat_request(
     req.tools, req.web_search = _parse_tools(f)
     req.tool_choice = _parse_tool_choice(f, req.tools)
     req.parallel_tool_calls = _bool(f, "parallel_tool_calls", True)
-    if f.raw("web_search_options") is not None:
+    if f.scalar("web_search_options") is not None:
         f.object("web_search_options")  # type check only
         req.web_search = True
     req.reasoning_effort = f.choice("reasoning_effort", REASONING_EFFORTS)
@@ -109,7 +109,7 @@ def _logit_bias(f: Fields) -> dict[int, float]:
 
 
 def _stop(f: Fields) -> list[str]:
-    raw = f.raw("stop")
+    raw = f.scalar("stop")
     if raw is None:
         return []
     if isinstance(raw, str):
@@ -156,7 +156,7 @@ def _parse_logprobs(f: Fields, req: ChatRequest) -> None:
 def _parse_tools(f: Fields) -> tuple[list[FunctionTool], bool]:
     tools: dict[str, FunctionTool] = {}
     web_search = False
-    raw_tools = f.array("tools") or []
+    raw_tools = f.array("tools", single_object=True) or []
     for i, raw in enumerate(raw_tools):
         tf = Fields(raw, join("tools", i))
         kind = tf.string("type") or "function"
@@ -215,9 +215,9 @@ def _check_schema(param: str, schema: dict[str, Any]) -> None:
 
 
 def _parse_tool_choice(f: Fields, tools: list[FunctionTool]) -> ToolChoice:
-    raw = f.raw("tool_choice")
+    raw = f.scalar("tool_choice")
     if raw is None:
-        raw = f.raw("function_call")  # legacy
+        raw = f.scalar("function_call")  # legacy
         if isinstance(raw, dict):
             raw = {"type": "function", "function": raw}
     if raw is None:

@@ -96,7 +96,6 @@ def chat_completion(
         "created": created,
         "model": model,
         "choices": choices,
-        "system_fingerprint": None,
     }
     if completion.usage is not None:
         body["usage"] = usage_wire(completion.usage)
@@ -120,7 +119,6 @@ class ChunkRenderer:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
             "choices": choices,
         }
         if self.include_usage:

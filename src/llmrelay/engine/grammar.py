@@ -22,7 +22,7 @@ def _schema_to_gbnf(schema_json: str, order: tuple[str, ...]) -> str:
 
 def schema_grammar(schema: dict[str, Any], param: str, order: tuple[str, ...] = ()) -> str:
     try:
-        return _schema_to_gbnf(json.dumps(schema, sort_keys=True), order)
+        return _schema_to_gbnf(json.dumps(schema), order)
     except Exception as exc:  # the converter raises bare exceptions for what it cannot express
         raise InvalidRequest(
             f"This JSON Schema cannot be enforced by the local model's grammar: {exc}",

@@ -63,6 +63,10 @@ class EnginePool:
     def busy(self) -> int:
         return self._waiting
 
+    @property
+    def tokens_generated(self) -> int:
+        return sum(instance.tokens_generated for instance in self._instances)
+
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)

@@ -82,6 +82,12 @@ class LocalProvider:
     def busy(self) -> int:
         return sum(local.pool.busy for local in self._models.values())
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {"busy": local.pool.busy, "tokens_generated": local.pool.tokens_generated}
+            for name, local in self._models.items()
+        }
+
     async def tokenize(self, model: str, text: str) -> list[int]:
         local = self._models[model]
         return await asyncio.to_thread(local.pool.tokenizer.tokenize, text, add_bos=False)

@@ -67,6 +67,7 @@ class ModelInstance:
         self.batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self.cached: list[int] = []  # the tokens whose keys and values are in the KV cache
         self._pieces: dict[int, bytes] = {}
+        self.tokens_generated = 0  # over the instance's life; lets tests see a job stop
 
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
@@ -162,6 +163,7 @@ class ModelInstance:
                     self._release(job, index, pending, None)
                     return generated, "stop"
                 generated += 1
+                self.tokens_generated += 1
                 raw = self.piece(token)
                 text = decoder.decode(raw)
                 logprob = (

@@ -11,7 +11,7 @@ from llmrelay.stream import TextDelta, ToolCallDelta
 _HEADER = re.compile(
     r'^\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*', re.DOTALL
 )
-_TAIL = re.compile(r"\}\s*$")
+_TAIL = re.compile(r"\s*\}\s*$")
 _HEADER_LIMIT = 256  # text that has not become a call header by then is not a call
 
 
@@ -28,6 +28,7 @@ class CallStreamer:
         self.buffer = ""
         self.started = False
         self.failed = False
+        self.emitted = False
 
     def feed(self, text: str) -> list[ToolCallDelta]:
         self.buffer += text
@@ -43,12 +44,15 @@ class CallStreamer:
             name = match.group("name").encode().decode("unicode_escape")
             out.append(ToolCallDelta(self.index, self.call_index, new_call_id(), name, ""))
             self.buffer = self.buffer[match.end() :]
+        if self.started and not self.emitted:
+            self.buffer = self.buffer.lstrip()
         tail = _TAIL.search(self.buffer)
         keep = len(self.buffer) - tail.start() if tail else 0
         ready, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[
             len(self.buffer) - keep :
         ]
         if ready:
+            self.emitted = True
             out.append(ToolCallDelta(self.index, self.call_index, arguments=ready))
         return out
 

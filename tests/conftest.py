@@ -1,0 +1,142 @@
+"""One real llmrelay server per test session, on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.schemas import check_chunk
+
+MODEL = "smollm2-135m-instruct"
+TEST_N_CTX = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    admin_key: str
+    data_dir: Path
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llmrelay", *args, "--data-dir", str(self.data_dir)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    def create_key(self, name: str, *extra: str) -> str:
+        result = self.cli("keys", "create", "--name", name, *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+
+def start_server(tmp: Path, *, extra_config: dict[str, Any] | None = None) -> Server:
+    port = free_port()
+    config = {"local_models": [{"n_ctx": TEST_N_CTX, "n_threads": 2}], **(extra_config or {})}
+    config_file = tmp / "config.yaml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmrelay", "serve", "--port", str(port),
+         "--data-dir", str(tmp / "data"), "--config", str(config_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    output: list[str] = []
+    admin_key = ""
+    deadline = time.monotonic() + 120
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("server exited during start-up:\n" + "".join(output))
+        output.append(line)
+        if line.startswith("sk-"):
+            admin_key = line.strip()
+        if "Application startup complete" in line:
+            break
+    else:
+        process.kill()
+        raise RuntimeError("server did not start in time:\n" + "".join(output))
+    # Keep draining output so the server never blocks on a full pipe.
+    threading.Thread(
+        target=lambda: [output.append(x) for x in process.stdout],  # type: ignore[union-attr]
+        daemon=True,
+    ).start()
+    return Server(f"http://127.0.0.1:{port}", admin_key, tmp / "data", process, output)
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=120,
+    ) as c:
+        yield c
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """Parse and validate every event of an SSE body; the last must be [DONE]."""
+    events: list[dict[str, Any]] = []
+    done = False
+    for line in response.iter_lines():
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: "):]
+        assert not done, "event after [DONE]"
+        if data == "[DONE]":
+            done = True
+            continue
+        payload = json.loads(data)
+        if "error" not in payload:
+            check_chunk(payload)
+        events.append(payload)
+    assert done or (events and "error" in events[-1]), "stream did not end with [DONE]"
+    return events
+
+
+def chat(messages: str | list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return {"model": MODEL, "messages": messages, **params}
