@@ -48,7 +48,7 @@ class Fields:
     request template writes every nullable scalar that way.
     """
 
-    def __init__(self, obj: Any, path: str = "", *, empty_object_is_null: bool = False) -> None:
+    def __init__(self, obj: Any, path: str = "", *, empty_object_is_null: bool = True) -> None:
         if not isinstance(obj, Mapping):
             raise wrong_type(path or "body", "an object", obj)
         self.obj: Mapping[str, Any] = obj
