@@ -24,12 +24,19 @@ class ThinkSplitter:
         self.index = index
         self.inside = False
         self.buffer = ""
-        self.seen_text = False
+        self.after_close = False  # newlines right after </think> belong to neither part
+
+    def passes_through(self, text: str) -> bool:
+        """Whether ``text`` can skip the splitter (the common case: no tag anywhere near)."""
+        return OPEN[0] not in text and not (self.buffer or self.inside or self.after_close)
 
     def feed(self, text: str) -> list[TextDelta | ReasoningDelta]:
         self.buffer += text
         out: list[TextDelta | ReasoningDelta] = []
         while True:
+            if self.after_close:
+                self.buffer = self.buffer.lstrip("\n")
+                self.after_close = not self.buffer
             tag = CLOSE if self.inside else OPEN
             at = self.buffer.find(tag)
             if at < 0:
@@ -40,8 +47,7 @@ class ThinkSplitter:
             self._emit(out, self.buffer[:at])
             self.buffer = self.buffer[at + len(tag) :]
             self.inside = not self.inside
-            if not self.inside:
-                self.buffer = self.buffer.lstrip("\n")
+            self.after_close = not self.inside
 
     def _emit(self, out: list[TextDelta | ReasoningDelta], text: str) -> None:
         if not text:
@@ -62,8 +68,7 @@ async def separate(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]
     """Inline ``<think>`` text becomes :class:`ReasoningDelta`."""
     splitters = [ThinkSplitter(i) for i in range(n)]
     async for chunk in chunks:
-        if isinstance(chunk, TextDelta) and (OPEN[0] in chunk.text or splitters[chunk.index].buffer
-                                             or splitters[chunk.index].inside):
+        if isinstance(chunk, TextDelta) and not splitters[chunk.index].passes_through(chunk.text):
             parts = splitters[chunk.index].feed(chunk.text)
             for part in parts:
                 if isinstance(part, TextDelta) and len(parts) == 1:

@@ -49,7 +49,7 @@ def parse_chat_request(
     req.tools, req.web_search = _parse_tools(f)
     req.tool_choice = _parse_tool_choice(f, req.tools)
     req.parallel_tool_calls = _bool(f, "parallel_tool_calls", True)
-    if f.scalar("web_search_options") is not None:
+    if f.raw("web_search_options") is not None:  # OpenAI documents {} as "search on"
         f.object("web_search_options")  # type check only
         req.web_search = True
     req.reasoning_effort = f.choice("reasoning_effort", REASONING_EFFORTS)

@@ -104,7 +104,7 @@ class ToolCallParser:
                 self.pending = self.pending[body_end:]
                 return out
             self.pending = self.pending[end + len(TOOL_CALL_CLOSE) :]
-            out.extend(self._close_call())
+            out.extend(self._close_call(closed=True))
         return out
 
     def _feed_call(self, body: str) -> list[TextDelta | ToolCallDelta]:
@@ -113,7 +113,7 @@ class ToolCallParser:
             return []
         return list(self.call.feed(body))
 
-    def _close_call(self) -> list[TextDelta | ToolCallDelta]:
+    def _close_call(self, *, closed: bool) -> list[TextDelta | ToolCallDelta]:
         call, self.call = self.call, None
         if call is None:
             return []
@@ -121,7 +121,8 @@ class ToolCallParser:
             self.calls += 1
             return []
         # Not a call after all: give the text back as content.
-        return [TextDelta(self.index, TOOL_CALL_OPEN + self.raw_call)]
+        text = TOOL_CALL_OPEN + self.raw_call + (TOOL_CALL_CLOSE if closed else "")
+        return [TextDelta(self.index, text)]
 
     def finish(self) -> list[TextDelta | ToolCallDelta]:
         if self.forced:
@@ -130,7 +131,7 @@ class ToolCallParser:
             return []
         out: list[TextDelta | ToolCallDelta] = []
         if self.call is not None:
-            out.extend(self._close_call())
+            out.extend(self._close_call(closed=False))
         if self.pending:
             out.append(TextDelta(self.index, self.pending))
             self.pending = ""
