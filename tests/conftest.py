@@ -41,7 +41,10 @@ class Server:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "llmrelay", *args, "--data-dir", str(self.data_dir)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     def create_key(self, name: str, *extra: str) -> str:
@@ -57,9 +60,22 @@ def start_server(tmp: Path, *, extra_config: dict[str, Any] | None = None) -> Se
     config_file.write_text(json.dumps(config))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "llmrelay", "serve", "--port", str(port),
-         "--data-dir", str(tmp / "data"), "--config", str(config_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "llmrelay",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--config",
+            str(config_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     output: list[str] = []
     admin_key = ""
@@ -123,7 +139,7 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
         if not line:
             continue
         assert line.startswith("data: "), line
-        data = line[len("data: "):]
+        data = line[len("data: ") :]
         assert not done, "event after [DONE]"
         if data == "[DONE]":
             done = True

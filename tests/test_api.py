@@ -55,7 +55,9 @@ def test_sdk_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_stream_without_usage_has_no_usage_chunk(http: httpx.Client) -> None:
-    with http.stream("POST", "/v1/chat/completions", json=chat("Hi", max_tokens=4, stream=True)) as r:
+    with http.stream(
+        "POST", "/v1/chat/completions", json=chat("Hi", max_tokens=4, stream=True)
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
@@ -98,16 +100,15 @@ def test_path_model_wins_over_body(http: httpx.Client) -> None:
 
 def test_no_model_uses_default(http: httpx.Client) -> None:
     response = http.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
-                                      "max_tokens": 2}
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
     )
     assert response.status_code == 200
     assert response.json()["model"] == MODEL
 
 
 def test_model_names_are_case_insensitive(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", json=chat("Hi", max_tokens=2,
-                                                           model=MODEL.upper()))
+    response = http.post("/v1/chat/completions", json=chat("Hi", max_tokens=2, model=MODEL.upper()))
     assert response.status_code == 200
 
 
@@ -133,16 +134,23 @@ def test_sdk_models(client: openai.OpenAI) -> None:
 
 
 def test_legacy_completions(http: httpx.Client, client: openai.OpenAI) -> None:
-    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "Once upon a time",
-                                                  "max_tokens": 4, "logprobs": 2, "echo": True})
+    response = http.post(
+        "/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "Once upon a time",
+            "max_tokens": 4,
+            "logprobs": 2,
+            "echo": True,
+        },
+    )
     assert response.status_code == 200, response.text
     completion = check_text_completion(response.json())
     assert completion.choices[0].text.startswith("Once upon a time")
     assert completion.usage is not None and completion.usage.completion_tokens == 4
     sdk = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=3)
     assert sdk.choices[0].text and sdk.choices[0].finish_reason == "length"
-    stream = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=3,
-                                       stream=True)
+    stream = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=3, stream=True)
     parts = list(stream)
     assert parts[-1].choices[0].finish_reason == "length"
 

@@ -50,6 +50,7 @@ def token_id(vocab: Any, piece: str) -> int:
 
 # -- seed and the samplers -----------------------------------------------------------------
 
+
 def test_same_seed_same_text_and_other_seeds_differ(http: httpx.Client) -> None:
     first = text(http, temperature=1.2, seed=7)
     assert text(http, temperature=1.2, seed=7) == first
@@ -84,8 +85,13 @@ def test_min_p_one_is_greedy(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "penalty",
-    [{"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"repetition_penalty": 1.9},
-     {"frequency_penalty": -2.0}, {"repetition_penalty": 0.5}],
+    [
+        {"frequency_penalty": 2.0},
+        {"presence_penalty": 2.0},
+        {"repetition_penalty": 1.9},
+        {"frequency_penalty": -2.0},
+        {"repetition_penalty": 0.5},
+    ],
 )
 def test_penalties(http: httpx.Client, penalty: dict[str, float]) -> None:
     base = text(http, FRUITS, temperature=0, max_tokens=40)
@@ -121,6 +127,7 @@ def test_logit_bias_ban_and_force(http: httpx.Client, vocab: Any) -> None:
 
 # -- stop, length, n ----------------------------------------------------------------------
 
+
 def test_stop_sequence(http: httpx.Client) -> None:
     base = text(http, FRUITS, temperature=0, max_tokens=30)
     stop = "3."
@@ -129,8 +136,11 @@ def test_stop_sequence(http: httpx.Client) -> None:
     choice = result["choices"][0]
     assert choice["message"]["content"] == base[: base.index(stop)]
     assert choice["finish_reason"] == "stop"
-    with http.stream("POST", "/v1/chat/completions",
-                     json=chat(FRUITS, temperature=0, max_tokens=30, stop=stop, stream=True)) as r:
+    with http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=chat(FRUITS, temperature=0, max_tokens=30, stop=stop, stream=True),
+    ) as r:
         events = sse_events(r)
     streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
     assert streamed == base[: base.index(stop)]
@@ -140,11 +150,13 @@ def test_stop_sequence(http: httpx.Client) -> None:
 def test_stop_inside_a_token(http: httpx.Client) -> None:
     base = text(http, FRUITS, temperature=0, max_tokens=30)
     stop = "anana"  # part of the token " Banana"
-    result = complete(http, chat(FRUITS, temperature=0, max_tokens=30, stop=stop,
-                                 logprobs=True))["choices"][0]
+    result = complete(http, chat(FRUITS, temperature=0, max_tokens=30, stop=stop, logprobs=True))[
+        "choices"
+    ][0]
     assert result["message"]["content"] == base[: base.index(stop)]
-    assert "".join(t["token"] for t in result["logprobs"]["content"]) == \
-        result["message"]["content"]
+    assert (
+        "".join(t["token"] for t in result["logprobs"]["content"]) == result["message"]["content"]
+    )
 
 
 def test_max_tokens_gives_length(http: httpx.Client) -> None:
@@ -179,6 +191,7 @@ def test_n_streaming(http: httpx.Client) -> None:
 
 
 # -- logprobs -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prompt", [POEM, "用中文写一句话。"])
 def test_logprobs(http: httpx.Client, prompt: str) -> None:
@@ -215,25 +228,48 @@ def test_no_logprobs_unless_asked(http: httpx.Client) -> None:
 # -- structured output --------------------------------------------------------------------
 
 SCHEMAS: list[dict[str, Any]] = [
-    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-     "required": ["name", "age"], "additionalProperties": False},
-    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
-                                      "tags": {"type": "array", "items": {"type": "string"},
-                                               "minItems": 1, "maxItems": 3}},
-     "required": ["colour", "tags"]},
-    {"type": "object", "properties": {"point": {"type": "object", "properties": {
-        "x": {"type": "number"}, "y": {"type": "number"}}, "required": ["x", "y"]},
-        "ok": {"type": "boolean"}}, "required": ["point", "ok"]},
+    {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        },
+        "required": ["colour", "tags"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "point": {
+                "type": "object",
+                "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                "required": ["x", "y"],
+            },
+            "ok": {"type": "boolean"},
+        },
+        "required": ["point", "ok"],
+    },
 ]
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_json_schema_output(http: httpx.Client, schema: dict[str, Any], stream: bool) -> None:
-    body = chat("Describe something.", max_tokens=120, temperature=1.0, seed=11,
-                response_format={"type": "json_schema",
-                                 "json_schema": {"name": "thing", "schema": schema,
-                                                 "strict": True}})
+    body = chat(
+        "Describe something.",
+        max_tokens=120,
+        temperature=1.0,
+        seed=11,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "thing", "schema": schema, "strict": True},
+        },
+    )
     if stream:
         body["stream"] = True
         with http.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -249,36 +285,70 @@ def test_json_schema_output(http: httpx.Client, schema: dict[str, Any], stream: 
 
 def test_json_object_output(http: httpx.Client) -> None:
     for seed in (1, 2, 3):
-        content = text(http, "Give me a JSON object about a cat.", max_tokens=100, seed=seed,
-                       temperature=1.0, response_format={"type": "json_object"})
+        content = text(
+            http,
+            "Give me a JSON object about a cat.",
+            max_tokens=100,
+            seed=seed,
+            temperature=1.0,
+            response_format={"type": "json_object"},
+        )
         assert isinstance(json.loads(content), dict)
 
 
 # -- tools --------------------------------------------------------------------------------
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"]}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "timezone": {"type": "string"}}, "required": ["timezone"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"timezone": {"type": "string"}},
+            "required": ["timezone"],
+        },
+    },
+}
 
 
 def _check_call(call: dict[str, Any], tools: list[dict[str, Any]]) -> None:
     declared = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     assert call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"]["name"] in declared
-    jsonschema.validate(json.loads(call["function"]["arguments"]),
-                        declared[call["function"]["name"]])
+    jsonschema.validate(
+        json.loads(call["function"]["arguments"]), declared[call["function"]["name"]]
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_tool_choice_required(http: httpx.Client, seed: int) -> None:
     tools = [WEATHER, TIME]
-    result = complete(http, chat("What's the weather in Paris?", tools=tools, seed=seed,
-                                 temperature=1.0, tool_choice="required", max_tokens=80))
+    result = complete(
+        http,
+        chat(
+            "What's the weather in Paris?",
+            tools=tools,
+            seed=seed,
+            temperature=1.0,
+            tool_choice="required",
+            max_tokens=80,
+        ),
+    )
     choice = result["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert not choice["message"]["content"]
@@ -289,20 +359,25 @@ def test_tool_choice_required(http: httpx.Client, seed: int) -> None:
 def test_tool_choice_named(http: httpx.Client) -> None:
     tools = [WEATHER, TIME]
     named = {"type": "function", "function": {"name": "get_time"}}
-    result = complete(http, chat("What's the weather in Paris?", tools=tools,
-                                 tool_choice=named, max_tokens=80))
+    result = complete(
+        http, chat("What's the weather in Paris?", tools=tools, tool_choice=named, max_tokens=80)
+    )
     call = result["choices"][0]["message"]["tool_calls"][0]
     assert call["function"]["name"] == "get_time"
     _check_call(call, tools)
 
 
 def test_tool_call_arguments_stream_incrementally(http: httpx.Client) -> None:
-    body = chat("Weather in Paris?", tools=[WEATHER], tool_choice="required", max_tokens=80,
-                stream=True)
+    body = chat(
+        "Weather in Paris?", tools=[WEATHER], tool_choice="required", max_tokens=80, stream=True
+    )
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         events = sse_events(r)
-    calls = [e["choices"][0]["delta"]["tool_calls"][0] for e in events
-             if e["choices"][0]["delta"].get("tool_calls")]
+    calls = [
+        e["choices"][0]["delta"]["tool_calls"][0]
+        for e in events
+        if e["choices"][0]["delta"].get("tool_calls")
+    ]
     assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
     argument_deltas = [c["function"]["arguments"] for c in calls if c["function"]["arguments"]]
     assert len(argument_deltas) >= 3
@@ -312,14 +387,36 @@ def test_tool_call_arguments_stream_incrementally(http: httpx.Client) -> None:
 
 
 def test_tool_choice_auto_parses_calls_the_model_emits(http: httpx.Client) -> None:
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
     messages: list[dict[str, Any]] = []
     for city in ("Paris", "Rome", "Oslo"):  # a few-shot history the small model imitates
         messages.append({"role": "user", "content": f"What is the weather in {city}?"})
-        messages.append({"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"call_{city}", "type": "function",
-             "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{city}",
+                        "type": "function",
+                        "function": {
+                            "name": "get_weather",
+                            "arguments": json.dumps({"city": city}),
+                        },
+                    }
+                ],
+            }
+        )
     messages.append({"role": "user", "content": "What is the weather in London?"})
     body = chat(messages, tools=[tool], temperature=0, max_tokens=40)
     choice = complete(http, body)["choices"][0]
@@ -330,14 +427,18 @@ def test_tool_choice_auto_parses_calls_the_model_emits(http: httpx.Client) -> No
     body["stream"] = True
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         events = sse_events(r)
-    streamed = "".join(d["function"].get("arguments", "") for e in events
-                       for d in e["choices"][0]["delta"].get("tool_calls") or [])
+    streamed = "".join(
+        d["function"].get("arguments", "")
+        for e in events
+        for d in e["choices"][0]["delta"].get("tool_calls") or []
+    )
     assert json.loads(streamed) == {"city": "London"}
 
 
 def test_tool_round_trip(http: httpx.Client) -> None:
-    first = complete(http, chat("Weather in Paris?", tools=[WEATHER], tool_choice="required",
-                                max_tokens=80))
+    first = complete(
+        http, chat("Weather in Paris?", tools=[WEATHER], tool_choice="required", max_tokens=80)
+    )
     call = first["choices"][0]["message"]["tool_calls"][0]
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
@@ -349,12 +450,14 @@ def test_tool_round_trip(http: httpx.Client) -> None:
 
 
 def test_tool_choice_none_ignores_tools(http: httpx.Client) -> None:
-    result = complete(http, chat("Weather in Paris?", tools=[WEATHER], tool_choice="none",
-                                 max_tokens=10))
+    result = complete(
+        http, chat("Weather in Paris?", tools=[WEATHER], tool_choice="none", max_tokens=10)
+    )
     assert "tool_calls" not in result["choices"][0]["message"]
 
 
 # -- context length -----------------------------------------------------------------------
+
 
 def test_context_length_truncate_and_error(http: httpx.Client) -> None:
     long_prompt = "word " * 1950  # about 1950 tokens of the 2048-token test context
@@ -362,9 +465,10 @@ def test_context_length_truncate_and_error(http: httpx.Client) -> None:
     usage = truncated["usage"]
     assert usage["prompt_tokens"] + usage["completion_tokens"] <= 2048
     assert usage["prompt_tokens"] > 1900
-    response = http.post("/v1/chat/completions",
-                         json=chat(long_prompt, max_tokens=500,
-                                   context_length_exceeded_behavior="error"))
+    response = http.post(
+        "/v1/chat/completions",
+        json=chat(long_prompt, max_tokens=500, context_length_exceeded_behavior="error"),
+    )
     assert response.status_code == 400
     error = check_error(response.json())
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"

@@ -15,8 +15,11 @@ from tests.schemas import check_error, check_model_list
 
 
 def status_with(server: Server, key: str) -> int:
-    return httpx.post(server.url + "/v1/chat/completions", json=chat("Hi", max_tokens=1),
-                      headers={"Authorization": f"Bearer {key}"}).status_code
+    return httpx.post(
+        server.url + "/v1/chat/completions",
+        json=chat("Hi", max_tokens=1),
+        headers={"Authorization": f"Bearer {key}"},
+    ).status_code
 
 
 def within_a_second(check: Callable[[], bool]) -> None:
@@ -63,8 +66,11 @@ def test_keys_are_stored_hashed(server: Server) -> None:
 def test_model_allow_list(server: Server) -> None:
     key = server.create_key("limited", "--models", "some-other-model")
     within_a_second(lambda: status_with(server, key) == 403)
-    response = httpx.post(server.url + "/v1/chat/completions", json=chat("Hi"),
-                          headers={"Authorization": f"Bearer {key}"})
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json=chat("Hi"),
+        headers={"Authorization": f"Bearer {key}"},
+    )
     error = check_error(response.json())
     assert (error["type"], error["param"]) == ("permission_error", "model")
     listing = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})

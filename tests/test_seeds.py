@@ -28,8 +28,9 @@ def seed(name: str) -> str:
 def without_image_parts(body: dict[str, Any]) -> dict[str, Any]:
     for message in body["messages"]:
         if isinstance(message["content"], list):
-            message["content"] = [p for p in message["content"]
-                                  if p["type"] not in ("image_url", "input_image")]
+            message["content"] = [
+                p for p in message["content"] if p["type"] not in ("image_url", "input_image")
+            ]
     return body
 
 
@@ -42,14 +43,17 @@ def relaxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 # -- seed 000: kie.ai, model in the path -----------------------------------------------------
 
+
 def seed000_url(server: Server) -> str:
     return f"{server.url}/{MODEL}/v1/chat/completions"  # was /gpt-5-2/v1/chat/completions
 
 
 def test_seed000_verbatim_refuses_the_image_clearly(server: Server) -> None:
-    response = httpx.post(seed000_url(server), content=seed("seed000.json").encode(),
-                          headers={"Authorization": f"Bearer {server.admin_key}",
-                                   "Content-Type": "application/json"})
+    response = httpx.post(
+        seed000_url(server),
+        content=seed("seed000.json").encode(),
+        headers={"Authorization": f"Bearer {server.admin_key}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400
     error = check_error(response.json())
     assert error["param"] == "messages[0].content[1]"
@@ -67,8 +71,7 @@ def test_seed000_without_the_image_answers(server: Server, stream: bool) -> None
         body["stream"] = True
     headers = {"Authorization": f"Bearer {server.admin_key}"}
     if stream:
-        with httpx.stream("POST", seed000_url(server), json=body, headers=headers,
-                          timeout=60) as r:
+        with httpx.stream("POST", seed000_url(server), json=body, headers=headers, timeout=60) as r:
             assert r.status_code == 200
             events = sse_events(r)
         assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
@@ -83,9 +86,13 @@ def test_seed000_without_the_image_answers(server: Server, stream: bool) -> None
 
 # -- seed 001: 快马AI, a repeated Authorization header and a trailing comma ----------------
 
+
 def seed001_headers(key: str) -> list[tuple[str, str]]:
-    return [("Authorization", f"Bearer {key}"), ("Authorization", f"Bearer {key}"),
-            ("Content-Type", "application/json")]
+    return [
+        ("Authorization", f"Bearer {key}"),
+        ("Authorization", f"Bearer {key}"),
+        ("Content-Type", "application/json"),
+    ]
 
 
 def seed001_body() -> str:
@@ -94,8 +101,11 @@ def seed001_body() -> str:
 
 def test_seed001_trailing_comma_is_a_clear_400(server: Server) -> None:
     body = seed001_body()
-    response = httpx.post(server.url + "/v1/chat/completions", content=body.encode(),
-                          headers=seed001_headers(server.admin_key))
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=body.encode(),
+        headers=seed001_headers(server.admin_key),
+    )
     assert response.status_code == 400
     error = check_error(response.json())
     assert error["code"] == "invalid_json"
@@ -108,8 +118,11 @@ def test_seed001_trailing_comma_is_a_clear_400(server: Server) -> None:
 
 
 def test_seed001_relaxed_json_parses_and_refuses_the_image(relaxed: Server) -> None:
-    response = httpx.post(relaxed.url + "/v1/chat/completions", content=seed001_body().encode(),
-                          headers=seed001_headers(relaxed.admin_key))
+    response = httpx.post(
+        relaxed.url + "/v1/chat/completions",
+        content=seed001_body().encode(),
+        headers=seed001_headers(relaxed.admin_key),
+    )
     assert response.status_code == 400
     error = check_error(response.json())
     assert (error["param"], error["code"]) == ("messages[0].content[1]", "image_not_supported")
@@ -119,20 +132,29 @@ def test_seed001_relaxed_json_without_the_image_streams(relaxed: Server) -> None
     text = seed001_body()
     image_part = re.search(r',\s*\{\s*"type": "input_image".*?\}\s*\}', text, re.S)
     assert image_part is not None
-    text = text[: image_part.start()] + text[image_part.end():]  # the trailing comma stays
-    with httpx.stream("POST", relaxed.url + "/v1/chat/completions", content=text.encode(),
-                      headers=seed001_headers(relaxed.admin_key), timeout=120) as r:
+    text = text[: image_part.start()] + text[image_part.end() :]  # the trailing comma stays
+    with httpx.stream(
+        "POST",
+        relaxed.url + "/v1/chat/completions",
+        content=text.encode(),
+        headers=seed001_headers(relaxed.admin_key),
+        timeout=120,
+    ) as r:
         assert r.status_code == 200, r.read()
         events = sse_events(r)
     assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
 
 
 def test_seed001_conflicting_authorization_headers(server: Server) -> None:
-    headers = [("Authorization", f"Bearer {server.admin_key}"),
-               ("Authorization", "Bearer sk-other")]
-    response = httpx.post(server.url + "/v1/chat/completions",
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
-                          headers=headers)
+    headers = [
+        ("Authorization", f"Bearer {server.admin_key}"),
+        ("Authorization", "Bearer sk-other"),
+    ]
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        headers=headers,
+    )
     assert response.status_code == 400
     assert check_error(response.json())["param"] == "Authorization"
 
@@ -147,8 +169,9 @@ SEED002_FILL = {
     '"role": "<string>"': '"role": "user"',
     '"tools": {\n    "type": "<string>"': '"tools": {\n    "type": "function"',
     '"function": {\n      "name": "<string>"': '"function": {\n      "name": "lookup"',
-    '"response_format": {\n    "type": "<string>"':
-        '"response_format": {\n    "type": "json_schema"',
+    '"response_format": {\n    "type": "<string>"': (
+        '"response_format": {\n    "type": "json_schema"'
+    ),
     '"json_schema": {\n      "name": "<string>"': '"json_schema": {\n      "name": "answer"',
     '"name": "<string>"': '"name": "tester"',  # the message's name: what is left
 }
@@ -168,9 +191,12 @@ def seed002_headers(key: str) -> dict[str, str]:
 
 
 def test_seed002_template_with_values_filled_in(server: Server) -> None:
-    response = httpx.post(server.url + "/openai/v1/chat/completions",
-                          content=seed002_filled().encode(),
-                          headers=seed002_headers(server.admin_key), timeout=120)
+    response = httpx.post(
+        server.url + "/openai/v1/chat/completions",
+        content=seed002_filled().encode(),
+        headers=seed002_headers(server.admin_key),
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     completion = check_completion(response.json())
     assert completion.usage is not None and completion.usage.completion_tokens <= 123
@@ -182,8 +208,13 @@ def test_seed002_template_with_values_filled_in(server: Server) -> None:
 
 def test_seed002_streaming_with_usage(server: Server) -> None:
     text = seed002_filled().replace('"stream": {}', '"stream": true')
-    with httpx.stream("POST", server.url + "/openai/v1/chat/completions", content=text.encode(),
-                      headers=seed002_headers(server.admin_key), timeout=120) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/openai/v1/chat/completions",
+        content=text.encode(),
+        headers=seed002_headers(server.admin_key),
+        timeout=120,
+    ) as r:
         assert r.status_code == 200
         events = sse_events(r)
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] <= 123
@@ -191,8 +222,11 @@ def test_seed002_streaming_with_usage(server: Server) -> None:
 
 def test_seed002_unfilled_placeholders_get_a_clear_400(server: Server) -> None:
     text = seed("seed002.json").replace('"model": "<string>"', f'"model": "{MODEL}"')
-    response = httpx.post(server.url + "/openai/v1/chat/completions", content=text.encode(),
-                          headers=seed002_headers(server.admin_key))
+    response = httpx.post(
+        server.url + "/openai/v1/chat/completions",
+        content=text.encode(),
+        headers=seed002_headers(server.admin_key),
+    )
     assert response.status_code == 400
     error = check_error(response.json())
     assert error["param"] == "messages[0].role"

@@ -49,8 +49,9 @@ def _raw_stream_request(server: Server, body: dict[str, Any]) -> socket.socket:
 
 def test_client_disconnect_stops_streaming_generation(server: Server) -> None:
     start = wait_until_stable(server)
-    sock = _raw_stream_request(server, chat("Tell me a very long story.", max_tokens=1500,
-                                            stream=True, temperature=0.8))
+    sock = _raw_stream_request(
+        server, chat("Tell me a very long story.", max_tokens=1500, stream=True, temperature=0.8)
+    )
     received = b""
     while received.count(b"data: ") < 6:
         received += sock.recv(65536)
@@ -62,8 +63,9 @@ def test_client_disconnect_stops_streaming_generation(server: Server) -> None:
 
 def test_client_disconnect_stops_non_streaming_generation(server: Server) -> None:
     start = wait_until_stable(server)
-    sock = _raw_stream_request(server, chat("Tell me a very long story.", max_tokens=1500,
-                                            temperature=0.8))
+    sock = _raw_stream_request(
+        server, chat("Tell me a very long story.", max_tokens=1500, temperature=0.8)
+    )
     deadline = time.monotonic() + 30
     while engine_tokens(server) - start < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -77,12 +79,15 @@ def test_concurrent_requests_all_complete(server: Server) -> None:
 
     def one(i: int) -> tuple[int, str]:
         completion = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}],
-            max_tokens=6, seed=i,
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Say the number {i}."}],
+            max_tokens=6,
+            seed=i,
         )
         check_completion(completion.model_dump(exclude_unset=True))
-        return completion.usage.completion_tokens if completion.usage else 0, \
-            completion.choices[0].finish_reason
+        return completion.usage.completion_tokens if completion.usage else 0, completion.choices[
+            0
+        ].finish_reason
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(one, range(24)))
@@ -94,9 +99,12 @@ def test_health_answers_while_the_model_is_busy(server: Server) -> None:
     done = threading.Event()
 
     def long_generation() -> None:
-        httpx.post(server.url + "/v1/chat/completions",
-                   json=chat("Tell me a long story.", max_tokens=400, temperature=0.8),
-                   headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=120)
+        httpx.post(
+            server.url + "/v1/chat/completions",
+            json=chat("Tell me a long story.", max_tokens=400, temperature=0.8),
+            headers={"Authorization": f"Bearer {server.admin_key}"},
+            timeout=120,
+        )
         done.set()
 
     worker = threading.Thread(target=long_generation)
@@ -114,7 +122,6 @@ def test_health_answers_while_the_model_is_busy(server: Server) -> None:
 
 def test_stream_error_after_start_is_an_sse_error(http: httpx.Client) -> None:
     # A request that fails before the first chunk is a plain HTTP error, not a broken stream.
-    response = http.post("/v1/chat/completions",
-                         json=chat("x " * 2100, max_tokens=5, stream=True))
+    response = http.post("/v1/chat/completions", json=chat("x " * 2100, max_tokens=5, stream=True))
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/json")

@@ -26,8 +26,9 @@ async def _chunks(parts: list[str]) -> AsyncIterator[Chunk]:
 
 
 def _split_everywhere(text: str) -> list[list[str]]:
-    return [[text[:i], text[i:j], text[j:]] for i in range(len(text)) for j in
-            range(i, len(text), 3)]
+    return [
+        [text[:i], text[i:j], text[j:]] for i in range(len(text)) for j in range(i, len(text), 3)
+    ]
 
 
 @pytest.mark.parametrize("parts", _split_everywhere("<think>plan it</think>\nThe answer."))
@@ -59,7 +60,7 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 def test_auto_tool_calls_parse_at_any_chunk_size(size: int) -> None:
     text = "Let me check. " + CALL
     parser = ToolCallParser(0, forced=False)
-    out = [d for i in range(0, len(text), size) for d in parser.feed(text[i:i + size])]
+    out = [d for i in range(0, len(text), size) for d in parser.feed(text[i : i + size])]
     out += parser.finish()
     content = "".join(d.text for d in out if isinstance(d, TextDelta))
     calls = [d for d in out if isinstance(d, ToolCallDelta)]
@@ -106,12 +107,15 @@ def test_dialect_shapes_normalise_to_one_request() -> None:
     body = {
         "messages": [
             {"role": "user", "content": {"type": "text", "text": "one part object"}},
-            {"role": "user", "content": [
-                {"type": "input_text", "text": "a"},
-                {"type": "input_image", "image_url": {"url": "https://x/a.png"}},
-                {"type": "image_url", "image_url": "https://x/b.png"},
-                {"type": "video_url", "video_url": {"url": "https://x/c.mp4"}},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "a"},
+                    {"type": "input_image", "image_url": {"url": "https://x/a.png"}},
+                    {"type": "image_url", "image_url": "https://x/b.png"},
+                    {"type": "video_url", "video_url": {"url": "https://x/c.mp4"}},
+                ],
+            },
             {"role": "developer", "content": "be brief"},
             {"role": "function", "name": "f", "content": "42"},
         ],
@@ -123,8 +127,7 @@ def test_dialect_shapes_normalise_to_one_request() -> None:
     req = parse_chat_request(body, path_model=None, default_model="m")
     assert req.model == "m"
     assert req.messages[0].content == [TextPart("one part object")]
-    assert [type(p) for p in req.messages[1].content] == [TextPart, ImagePart, ImagePart,
-                                                          VideoPart]
+    assert [type(p) for p in req.messages[1].content] == [TextPart, ImagePart, ImagePart, VideoPart]
     assert req.messages[3].role == "tool" and req.messages[3].tool_call_id == "f"
     assert [t.name for t in req.tools] == ["f", "g"]
     assert req.sampling.temperature is None

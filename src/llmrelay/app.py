@@ -20,6 +20,7 @@ from llmrelay.api.io import ClientGone, JSONResponse
 from llmrelay.auth import Authenticator
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.errors import (
+    InvalidRequest,
     LLMRelayError,
     MethodNotAllowed,
     NotFound,
@@ -37,8 +38,7 @@ log = logging.getLogger("llmrelay")
 
 def print_admin_key(secret: str) -> None:
     print(
-        "llmrelay: created the admin API key. It is shown only this once; store it now:\n"
-        f"{secret}",
+        f"llmrelay: created the admin API key. It is shown only this once; store it now:\n{secret}",
         flush=True,
     )
 
@@ -60,12 +60,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         )
     if exc.status_code == 404:
         return error_response(
-            NotFound(f"Unknown route: {request.method} {request.url.path}. See /v1/models and "
-                     "/v1/chat/completions.")
+            NotFound(
+                f"Unknown route: {request.method} {request.url.path}. See /v1/models and "
+                "/v1/chat/completions."
+            )
         )
-    error = LLMRelayError(str(exc.detail))
-    error.__class__ = type("HTTPError", (LLMRelayError,), {"status": exc.status_code})
-    return error_response(error)
+    return error_response(InvalidRequest(str(exc.detail)))
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:
@@ -109,9 +109,9 @@ def build_app(
     db = Database(settings.resolved_database_url)
     keys = KeyStore(db)
     local = LocalProvider(settings.local_models)
-    router = Router([local], aliases={
-        alias: cfg.name for cfg in settings.local_models for alias in cfg.aliases
-    })
+    router = Router(
+        [local], aliases={alias: cfg.name for cfg in settings.local_models for alias in cfg.aliases}
+    )
     ctx = AppContext(
         settings=settings,
         db=db,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from llmrelay.errors import AuthenticationError, InvalidRequest, PermissionDenied
-from llmrelay.store.keys import KeyRecord, KeyStore
+from llmrelay.store.keys import KeyRecord, KeyStore, hash_secret
 
 _MISSING = (
     "You didn't provide an API key. Send it in the Authorization header: "
@@ -46,15 +46,16 @@ class Authenticator:
 
     async def authenticate(self, header_values: Sequence[str]) -> KeyRecord:
         token = bearer_token(header_values)
+        digest = hash_secret(token)  # the cache holds digests, never secrets
         now = time.monotonic()
-        cached = self._cache.get(token)
+        cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             record = cached[1]
         else:
-            record = await self.keys.lookup(token)
+            record = await self.keys.lookup_digest(digest)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[token] = (now + self.cache_seconds, record)
+            self._cache[digest] = (now + self.cache_seconds, record)
         if record is None or not record.usable():
             shown = token[:6] + "…" if len(token) > 6 else "…"
             raise AuthenticationError(
@@ -65,6 +66,4 @@ class Authenticator:
     @staticmethod
     def authorize_model(record: KeyRecord, model: str) -> None:
         if not record.allows(model):
-            raise PermissionDenied(
-                f"This API key may not use the model '{model}'.", param="model"
-            )
+            raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")

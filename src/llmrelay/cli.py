@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from llmrelay import __version__
 from llmrelay.settings import Settings, load_settings
 
 
@@ -22,14 +23,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrelay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmrelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP server")
     _common(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    serve.add_argument("--relaxed-json", action="store_true", default=None,
-                       help="accept JSON5 bodies (trailing commas, comments)")
+    serve.add_argument(
+        "--relaxed-json",
+        action="store_true",
+        default=None,
+        help="accept JSON5 bodies (trailing commas, comments)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning, error")
 
     keys = sub.add_parser("keys", help="manage API keys")
@@ -74,8 +80,8 @@ def _serve(settings: Settings) -> int:
         build_app(settings),
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http="httptools",
+        loop=settings.event_loop,
+        http=settings.http_parser,
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=5,
@@ -99,10 +105,17 @@ def _run_keys(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if args.action == "create":
-            models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+            models = (
+                [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+            )
             expires = datetime.fromisoformat(args.expires) if args.expires else None
-            secret = asyncio.run(run(lambda ks: ks.create(
-                args.name, user=args.user, models=models, expires_at=expires)))
+            secret = asyncio.run(
+                run(
+                    lambda ks: ks.create(
+                        args.name, user=args.user, models=models, expires_at=expires
+                    )
+                )
+            )
             print(f"created key {args.name!r}; the secret is shown only once:")
             print(secret)
         elif args.action == "list":
@@ -110,9 +123,11 @@ def _run_keys(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{'NAME':<20} {'PREFIX':<12} {'USER':<12} {'STATUS':<8} {'MODELS':<24} CREATED")
             for r in records:
                 status = "active" if r.usable() else ("revoked" if r.revoked_at else "expired")
-                models = ",".join(r.models) if r.models is not None else "*"
-                print(f"{r.name:<20} {r.prefix:<12} {r.user:<12} {status:<8} {models:<24} "
-                      f"{r.created_at:%Y-%m-%d %H:%M}")
+                allowed = ",".join(r.models) if r.models is not None else "*"
+                print(
+                    f"{r.name:<20} {r.prefix:<12} {r.user:<12} {status:<8} {allowed:<24} "
+                    f"{r.created_at:%Y-%m-%d %H:%M}"
+                )
         elif args.action == "reset":
             secret = asyncio.run(run(lambda ks: ks.reset(args.name)))
             print(f"reset key {args.name!r}; the old secret no longer works. New secret:")

@@ -24,8 +24,10 @@ class Gateway:
     async def stream(self, request: ChatRequest, info: ModelInfo) -> AsyncIterator[Chunk]:
         provider, _ = self.router.resolve(info.id)
         chunks = provider.stream(request, info)
-        separate = info.separate_reasoning if request.separate_reasoning is None else (
-            request.separate_reasoning
+        separate = (
+            info.separate_reasoning
+            if request.separate_reasoning is None
+            else (request.separate_reasoning)
         )
         if separate:
             chunks = reasoning.separate(chunks, request.n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from platformdirs import user_data_dir
@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(0.5, ge=0, le=1)
     log_level: str = "info"
     access_log: bool = False
+    http_parser: Literal["httptools", "h11"] = "httptools"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @property
     def resolved_database_url(self) -> str:

@@ -47,7 +47,6 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/openai/v1/chat/completions", chat_completions, methods=["POST"]),

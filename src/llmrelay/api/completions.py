@@ -27,7 +27,8 @@ async def completions(request: Request) -> Response:
     info = ctx.gateway.prepare(req)
     if info.owned_by != "llmrelay":
         raise InvalidRequest(
-            f"The model '{info.id}' supports chat completions only.", param="model",
+            f"The model '{info.id}' supports chat completions only.",
+            param="model",
             code="unsupported_endpoint",
         )
     chunks = ctx.gateway.stream(req, info)

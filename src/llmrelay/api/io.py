@@ -48,8 +48,7 @@ async def read_json(request: Request, *, limit: int, relaxed: bool) -> Any:
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"The request body is larger than the server's limit of {limit} bytes "
-        "(max_body_bytes)."
+        f"The request body is larger than the server's limit of {limit} bytes (max_body_bytes)."
     )
 
 

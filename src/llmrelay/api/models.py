@@ -25,8 +25,9 @@ async def get_model(request: Request) -> Response:
     for info in ctx.router.models():
         if info.id.lower() == name.lower() and key.allows(info.id):
             return JSONResponse(info.to_wire())
-    raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                        param="model")
+    raise ModelNotFound(
+        f"The model '{name}' does not exist or you do not have access to it.", param="model"
+    )
 
 
 routes = [

@@ -21,8 +21,11 @@ from llmrelay.request import (
 )
 
 ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "function")
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)"
-                       r"(?P<b64>;base64)?,(?P<data>.*)$", re.DOTALL)
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)"
+    r"(?P<b64>;base64)?,(?P<data>.*)$",
+    re.DOTALL,
+)
 _DETAILS = ("auto", "low", "high")
 _AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a", "webm", "pcm16")
 
@@ -159,12 +162,13 @@ def _url_field(f: Fields, key: str) -> str:
 def _parse_image(f: Fields) -> ImagePart:
     url = _url_field(f, "image_url")
     detail_holder = f.object("image_url") if isinstance(f.raw("image_url"), dict) else None
-    detail = detail_holder.choice("detail", _DETAILS) if detail_holder else f.choice(
-        "detail", _DETAILS
+    detail = (
+        detail_holder.choice("detail", _DETAILS) if detail_holder else f.choice("detail", _DETAILS)
     )
     param = f.param("image_url")
-    _check_url(param if isinstance(f.raw("image_url"), str) else join(param, "url"), url,
-               media="image")
+    _check_url(
+        param if isinstance(f.raw("image_url"), str) else join(param, "url"), url, media="image"
+    )
     return ImagePart(url, detail)
 
 

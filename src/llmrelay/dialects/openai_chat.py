@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
+import orjson
 
 from llmrelay.dialects.fields import Fields, invalid_value, join, wrong_type
 from llmrelay.dialects.messages import parse_messages
@@ -24,17 +26,45 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _WEB_SEARCH_TOOL_TYPES = ("web_search", "web_search_preview", "web_search_2025_08_26")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 KNOWN_FIELDS = frozenset(
-    """model messages temperature top_p top_k min_p frequency_penalty presence_penalty
-    repetition_penalty logit_bias seed stop n max_tokens max_completion_tokens logprobs
-    top_logprobs stream stream_options tools tool_choice parallel_tool_calls functions
-    function_call web_search_options reasoning_effort separate_reasoning enable_thinking
-    response_format context_length_exceeded_behavior user metadata store""".split()
+    [
+        "model",
+        "messages",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "logit_bias",
+        "seed",
+        "stop",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "web_search_options",
+        "reasoning_effort",
+        "separate_reasoning",
+        "enable_thinking",
+        "response_format",
+        "context_length_exceeded_behavior",
+        "user",
+        "metadata",
+        "store",
+    ]
 )
 
 
-def parse_chat_request(
-    body: Any, *, path_model: str | None, default_model: str
-) -> ChatRequest:
+def parse_chat_request(body: Any, *, path_model: str | None, default_model: str) -> ChatRequest:
     f = Fields(body, "", empty_object_is_null=True)
     unknown = [k for k in f.obj if k not in KNOWN_FIELDS]
     if unknown:
@@ -64,8 +94,10 @@ def parse_chat_request(
 
 def _model(f: Fields, path_model: str | None, default_model: str) -> str:
     body_model = f.string("model")
-    return path_model or (body_model.strip() if body_model and body_model.strip() else None) or (
-        default_model
+    return (
+        path_model
+        or (body_model.strip() if body_model and body_model.strip() else None)
+        or (default_model)
     )
 
 
@@ -98,7 +130,9 @@ def _logit_bias(f: Fields) -> dict[int, float]:
     for key in raw.obj:
         param = raw.param(key)
         if not str(key).isdigit():
-            raise invalid_value(param, f"the key {key!r} is not a token id (a non-negative integer).")
+            raise invalid_value(
+                param, f"the key {key!r} is not a token id (a non-negative integer)."
+            )
         value = raw.number(key, ge=-100, le=100)
         if value is None:
             raise wrong_type(param, "a number", None)
@@ -164,20 +198,28 @@ def _parse_tools(f: Fields) -> tuple[list[FunctionTool], bool]:
             web_search = True
             continue
         if kind != "function":
-            raise invalid_value(tf.param("type"), f"unsupported tool type {kind!r}; expected "
-                                "'function' or 'web_search'.")
+            raise invalid_value(
+                tf.param("type"),
+                f"unsupported tool type {kind!r}; expected 'function' or 'web_search'.",
+            )
         fn = tf.object("function")
         if fn is None:
-            raise InvalidRequest(f"Missing required parameter: '{tf.param('function')}'.",
-                                 param=tf.param("function"), code="missing_required_parameter")
+            raise InvalidRequest(
+                f"Missing required parameter: '{tf.param('function')}'.",
+                param=tf.param("function"),
+                code="missing_required_parameter",
+            )
         tool = _function_tool(fn)
         if tool.name == "web_search" and not tool.parameters:
             web_search = True  # seed 000's switch for server-side search
             continue
         _add_tool(tools, tool, fn.param("name"))
     for i, raw in enumerate(f.array("functions") or []):
-        _add_tool(tools, _function_tool(Fields(raw, join("functions", i))),
-                  join(join("functions", i), "name"))
+        _add_tool(
+            tools,
+            _function_tool(Fields(raw, join("functions", i))),
+            join(join("functions", i), "name"),
+        )
     if len(tools) > 128:
         raise invalid_value("tools", f"at most 128 tools are allowed, got {len(tools)}.")
     return list(tools.values()), web_search
@@ -194,8 +236,10 @@ def _function_tool(fn: Fields) -> FunctionTool:
     name = fn.string("name", required=True)
     assert name is not None
     if not _TOOL_NAME.match(name):
-        raise invalid_value(fn.param("name"), f"{name!r} is not a valid function name "
-                            "(1-64 letters, digits, '_', '-', '.', ':').")
+        raise invalid_value(
+            fn.param("name"),
+            f"{name!r} is not a valid function name (1-64 letters, digits, '_', '-', '.', ':').",
+        )
     params_raw = fn.raw("parameters")
     parameters: dict[str, Any] | None = None
     if params_raw is not None:
@@ -203,15 +247,28 @@ def _function_tool(fn: Fields) -> FunctionTool:
             raise wrong_type(fn.param("parameters"), "a JSON Schema object", params_raw)
         _check_schema(fn.param("parameters"), params_raw)
         parameters = params_raw or None
-    return FunctionTool(name=name, description=fn.string("description"),
-                        parameters=parameters, strict=bool(fn.boolean("strict")))
+    return FunctionTool(
+        name=name,
+        description=fn.string("description"),
+        parameters=parameters,
+        strict=bool(fn.boolean("strict")),
+    )
 
 
 def _check_schema(param: str, schema: dict[str, Any]) -> None:
+    problem = _schema_problem(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    if problem is not None:
+        raise invalid_value(param, f"not a valid JSON Schema: {problem}")
+
+
+@lru_cache(maxsize=1024)
+def _schema_problem(canonical: bytes) -> str | None:
+    """Checking a schema costs about a millisecond; clients resend the same tools every turn."""
     try:
-        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.Draft202012Validator.check_schema(orjson.loads(canonical))
     except jsonschema.SchemaError as exc:
-        raise invalid_value(param, f"not a valid JSON Schema: {exc.message}") from None
+        return str(exc.message)
+    return None
 
 
 def _parse_tool_choice(f: Fields, tools: list[FunctionTool]) -> ToolChoice:
@@ -224,18 +281,18 @@ def _parse_tool_choice(f: Fields, tools: list[FunctionTool]) -> ToolChoice:
         return ToolChoice("auto")
     if isinstance(raw, str):
         if raw not in ("auto", "none", "required"):
-            raise invalid_value("tool_choice", f"{raw!r} is not one of 'auto', 'none', "
-                                "'required', or a named function object.")
+            raise invalid_value(
+                "tool_choice",
+                f"{raw!r} is not one of 'auto', 'none', 'required', or a named function object.",
+            )
         if raw == "required" and not tools:
-            raise invalid_value("tool_choice", "'required' needs at least one function in "
-                                "'tools'.")
+            raise invalid_value("tool_choice", "'required' needs at least one function in 'tools'.")
         return ToolChoice(raw)  # type: ignore[arg-type]
     tc = Fields(raw, "tool_choice")
     fn = tc.object("function")
     name = fn.string("name", required=True) if fn else tc.string("name", required=True)
     if name not in {t.name for t in tools}:
-        raise invalid_value("tool_choice", f"names the function {name!r}, which is not in "
-                            "'tools'.")
+        raise invalid_value("tool_choice", f"names the function {name!r}, which is not in 'tools'.")
     return ToolChoice("function", name)
 
 
@@ -248,16 +305,24 @@ def _parse_response_format(f: Fields) -> ResponseFormat:
         return ResponseFormat(kind)  # type: ignore[arg-type]
     js = rf.object("json_schema")
     if js is None:
-        raise InvalidRequest("Missing required parameter: 'response_format.json_schema'.",
-                             param="response_format.json_schema",
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema'.",
+            param="response_format.json_schema",
+            code="missing_required_parameter",
+        )
     schema = js.raw("schema")
     if schema is None:
-        raise InvalidRequest("Missing required parameter: 'response_format.json_schema.schema'.",
-                             param="response_format.json_schema.schema",
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema.schema'.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
     if not isinstance(schema, dict):
         raise wrong_type(js.param("schema"), "a JSON Schema object", schema)
     _check_schema(js.param("schema"), schema)
-    return ResponseFormat("json_schema", name=js.string("name") or "response",
-                          schema=schema, strict=bool(js.boolean("strict")))
+    return ResponseFormat(
+        "json_schema",
+        name=js.string("name") or "response",
+        schema=schema,
+        strict=bool(js.boolean("strict")),
+    )

@@ -78,8 +78,11 @@ def chat_completion(
             message["reasoning_content"] = choice.reasoning
         if choice.tool_calls:
             message["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in choice.tool_calls
             ]
         choices.append(
@@ -126,7 +129,11 @@ class ChunkRenderer:
         return sse(payload)
 
     def _choice(
-        self, index: int, delta: dict[str, Any], *, finish: str | None = None,
+        self,
+        index: int,
+        delta: dict[str, Any],
+        *,
+        finish: str | None = None,
         logprobs: list[TokenLogprob] | None = None,
     ) -> dict[str, Any]:
         return {
@@ -198,12 +205,27 @@ class CompletionChunkRenderer:
     def render(self, chunk: Chunk) -> bytes:
         match chunk:
             case TextDelta() if chunk.text:
-                return self._event([{"text": chunk.text, "index": chunk.index,
-                                     "logprobs": legacy_logprobs(chunk.logprobs, 0),
-                                     "finish_reason": None}])
+                return self._event(
+                    [
+                        {
+                            "text": chunk.text,
+                            "index": chunk.index,
+                            "logprobs": legacy_logprobs(chunk.logprobs, 0),
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             case Finish():
-                return self._event([{"text": "", "index": chunk.index, "logprobs": None,
-                                     "finish_reason": chunk.reason}])
+                return self._event(
+                    [
+                        {
+                            "text": "",
+                            "index": chunk.index,
+                            "logprobs": None,
+                            "finish_reason": chunk.reason,
+                        }
+                    ]
+                )
             case Usage() if self.include_usage:
                 return self._event([], usage_wire(chunk))
         return b""

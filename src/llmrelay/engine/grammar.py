@@ -17,7 +17,7 @@ _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 @lru_cache(maxsize=256)
 def _schema_to_gbnf(schema_json: str, order: tuple[str, ...]) -> str:
-    return json_schema_to_gbnf(schema_json, prop_order=list(order))
+    return str(json_schema_to_gbnf(schema_json, prop_order=list(order)))
 
 
 def schema_grammar(schema: dict[str, Any], param: str, order: tuple[str, ...] = ()) -> str:

@@ -75,7 +75,8 @@ class ChatTemplate:
             )
         except TemplateError as exc:
             raise InvalidRequest(
-                f"The model's chat template refused these messages: {exc}", param="messages",
+                f"The model's chat template refused these messages: {exc}",
+                param="messages",
                 code="invalid_messages",
             ) from None
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from llmrelay.dialects.fields import invalid_value
 from llmrelay.engine.grammar import check_grammar, forced_tools, request_grammar
 from llmrelay.engine.model_files import resolve_model_path
 from llmrelay.engine.pool import EnginePool
@@ -18,7 +19,7 @@ from llmrelay.errors import ContextLengthExceeded
 from llmrelay.providers.base import Capabilities, ModelInfo
 from llmrelay.request import ChatRequest
 from llmrelay.settings import LocalModelConfig
-from llmrelay.stream import Chunk, Finish, TextDelta, ToolCallDelta, Usage
+from llmrelay.stream import Chunk, Finish, TextDelta
 
 _JSON_HINT = "Answer with a single JSON value only."
 
@@ -151,15 +152,7 @@ class LocalProvider:
         prompt = self._prompt(local, request)
         add_bos = local.add_bos and not (local.bos_text and prompt.startswith(local.bos_text))
         tokens = await asyncio.to_thread(instance.tokenize, prompt, add_bos=add_bos)
-        vocab_limit = instance.n_vocab
-        for token_id in request.sampling.logit_bias:
-            if token_id >= vocab_limit:
-                from llmrelay.dialects.fields import invalid_value
-
-                raise invalid_value(
-                    f"logit_bias.{token_id}",
-                    f"token id {token_id} is outside this model's vocabulary (0-{vocab_limit - 1}).",
-                )
+        _check_logit_bias(request, instance.n_vocab)
         grammar = request_grammar(request)
         if grammar is not None:
             check_grammar(instance.model.vocab, grammar, "response_format")
@@ -171,9 +164,11 @@ class LocalProvider:
             if not parse_calls:
                 yield chunk
             elif isinstance(chunk, TextDelta):
-                for out in parsers[chunk.index].feed(chunk.text):
-                    if isinstance(out, TextDelta) and request.logprobs and not forced:
-                        out.logprobs = chunk.logprobs
+                outs = parsers[chunk.index].feed(chunk.text)
+                only = outs[0] if len(outs) == 1 else None
+                if isinstance(only, TextDelta) and only.text == chunk.text:
+                    only.logprobs = chunk.logprobs  # passed through whole: tokens still align
+                for out in outs:
                     yield out
             elif isinstance(chunk, Finish):
                 parser = parsers[chunk.index]
@@ -187,4 +182,10 @@ class LocalProvider:
                 yield chunk
 
 
-__all__ = ["LocalProvider", "ToolCallDelta", "Usage"]
+def _check_logit_bias(request: ChatRequest, n_vocab: int) -> None:
+    for token_id in request.sampling.logit_bias:
+        if token_id >= n_vocab:
+            raise invalid_value(
+                f"logit_bias.{token_id}",
+                f"token id {token_id} is outside this model's vocabulary (0-{n_vocab - 1}).",
+            )

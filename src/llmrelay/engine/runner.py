@@ -9,12 +9,11 @@ longest common prompt prefix across requests.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import ctypes
 
 import llama_cpp
 import numpy as np

@@ -75,4 +75,3 @@ def build_sampler(
     sampler.add_temp(params.temperature)
     sampler.add_dist(seed)
     return sampler
-

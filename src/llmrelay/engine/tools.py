@@ -48,9 +48,10 @@ class CallStreamer:
             self.buffer = self.buffer.lstrip()
         tail = _TAIL.search(self.buffer)
         keep = len(self.buffer) - tail.start() if tail else 0
-        ready, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[
-            len(self.buffer) - keep :
-        ]
+        ready, self.buffer = (
+            self.buffer[: len(self.buffer) - keep],
+            self.buffer[len(self.buffer) - keep :],
+        )
         if ready:
             self.emitted = True
             out.append(ToolCallDelta(self.index, self.call_index, arguments=ready))

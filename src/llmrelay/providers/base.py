@@ -120,21 +120,34 @@ def check_request(request: ChatRequest, model: ModelInfo) -> None:
                     )
     if request.n > caps.max_n:
         raise InvalidRequest(
-            f"The model '{model.id}' supports n up to {caps.max_n}.", param="n",
+            f"The model '{model.id}' supports n up to {caps.max_n}.",
+            param="n",
             code="unsupported_parameter",
         )
     if (request.tools or request.tool_choice.mode != "auto") and not caps.tools:
-        raise InvalidRequest(f"The model '{model.id}' does not support tools.", param="tools",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            f"The model '{model.id}' does not support tools.",
+            param="tools",
+            code="unsupported_parameter",
+        )
     if request.response_format.type == "json_schema" and not caps.json_schema:
-        raise InvalidRequest(f"The model '{model.id}' does not support json_schema output.",
-                             param="response_format", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"The model '{model.id}' does not support json_schema output.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     if request.logprobs and not caps.logprobs:
-        raise InvalidRequest(f"The model '{model.id}' does not return logprobs.",
-                             param="logprobs", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"The model '{model.id}' does not return logprobs.",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     sampling = request.sampling
     for name in sorted(ALL_SAMPLING - caps.sampling):
         value = getattr(sampling, name)
         if value not in (None, [], {}):
-            raise InvalidRequest(f"The model '{model.id}' does not support '{name}'.",
-                                 param=name, code="unsupported_parameter")
+            raise InvalidRequest(
+                f"The model '{model.id}' does not support '{name}'.",
+                param=name,
+                code="unsupported_parameter",
+            )

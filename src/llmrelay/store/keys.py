@@ -135,7 +135,9 @@ class KeyStore:
         from sqlalchemy.ext.asyncio import AsyncSession
 
         assert isinstance(session, AsyncSession)
-        key = (await session.execute(select(ApiKey).where(ApiKey.name == name))).scalar_one_or_none()
+        key = (
+            await session.execute(select(ApiKey).where(ApiKey.name == name))
+        ).scalar_one_or_none()
         if key is None:
             raise KeyError_(f"no key named {name!r}")
         return key
@@ -156,7 +158,9 @@ class KeyStore:
             key.revoked_at = datetime.now(UTC)
 
     async def lookup(self, secret: str) -> KeyRecord | None:
-        digest = hash_secret(secret)
+        return await self.lookup_digest(hash_secret(secret))
+
+    async def lookup_digest(self, digest: str) -> KeyRecord | None:
         async with self.db.session() as session:
             row = (
                 await session.execute(

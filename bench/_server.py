@@ -1,0 +1,71 @@
+"""Start a real llmrelay server for a benchmark and stop it afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_KEY = "sk-bench-0123456789abcdef0123456789abcdef0123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    config: dict[str, Any], *, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(json.dumps(config))
+        env = {**os.environ, "LLMRELAY_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmrelay",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                tmp,
+                "--config",
+                str(config_file),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise RuntimeError("server did not become ready")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
