@@ -22,6 +22,7 @@ from tests.schemas import check_chunk
 
 MODEL = "smollm2-135m-instruct"
 TEST_N_CTX = 2048
+SECOND_MODEL = "second-gguf"  # the same file configured again, as any further GGUF would be
 
 
 def free_port() -> int:
@@ -55,7 +56,20 @@ class Server:
 
 def start_server(tmp: Path, *, extra_config: dict[str, Any] | None = None) -> Server:
     port = free_port()
-    config = {"local_models": [{"n_ctx": TEST_N_CTX, "n_threads": 2}], **(extra_config or {})}
+    from llmrelay.engine.model_files import bundled_model_path
+
+    second = {
+        "name": SECOND_MODEL,
+        "path": str(bundled_model_path()),
+        "n_ctx": 512,
+        "n_threads": 1,
+        "aliases": ["gpt-4o-mini"],
+        "default_max_tokens": 8,
+    }
+    config = {
+        "local_models": [{"n_ctx": TEST_N_CTX, "n_threads": 2}, second],
+        **(extra_config or {}),
+    }
     config_file = tmp / "config.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
