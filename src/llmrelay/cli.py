@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from llmrelay import __version__
+from llmrelay import __version__, logs
 from llmrelay.settings import Settings, load_settings
 
 
@@ -71,11 +70,7 @@ def _serve(settings: Settings) -> int:
 
     from llmrelay.app import build_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-        '"message":"%(message)s"}',
-    )
+    logs.configure(settings.log_level)
     config = uvicorn.Config(
         build_app(settings),
         host=settings.host,
@@ -85,6 +80,7 @@ def _serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=5,
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler
     )
     uvicorn.Server(config).run()
     return 0
