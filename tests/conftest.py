@@ -23,6 +23,13 @@ from tests.schemas import check_chunk
 MODEL = "smollm2-135m-instruct"
 TEST_N_CTX = 2048
 SECOND_MODEL = "second-gguf"  # the same file configured again, as any further GGUF would be
+# A template that, like Qwen3's and gpt-oss's, reads enable_thinking and reasoning_effort.
+SECOND_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% if loop.first and enable_thinking is false %} /no_think{% endif %}"
+    "{% if loop.first and reasoning_effort %} Reasoning effort: {{ reasoning_effort }}.{% endif %}"
+    "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
 
 
 def free_port() -> int:
@@ -65,6 +72,8 @@ def start_server(tmp: Path, *, extra_config: dict[str, Any] | None = None) -> Se
         "n_threads": 1,
         "aliases": ["gpt-4o-mini"],
         "default_max_tokens": 8,
+        "reasoning": True,
+        "chat_template": SECOND_TEMPLATE,
     }
     config = {
         "local_models": [{"n_ctx": TEST_N_CTX, "n_threads": 2}, second],
