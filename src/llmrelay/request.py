@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -87,6 +87,9 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+
+
+SAMPLING_PARAMETERS = frozenset(f.name for f in fields(Sampling))
 
 
 @dataclass(slots=True)

@@ -31,6 +31,14 @@ def wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
     )
 
 
+def missing(param: str, why: str = "") -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'{f' ({why})' if why else ''}.",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
 def invalid_value(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
 
@@ -74,11 +82,7 @@ class Fields:
     def required(self, key: str) -> Any:
         value = self.scalar(key)
         if value is None:
-            raise InvalidRequest(
-                f"Missing required parameter: '{self.param(key)}'.",
-                param=self.param(key),
-                code="missing_required_parameter",
-            )
+            raise missing(self.param(key))
         return value
 
     def string(self, key: str, *, required: bool = False, nonempty: bool = False) -> str | None:

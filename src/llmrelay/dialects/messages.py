@@ -7,8 +7,7 @@ import binascii
 import re
 from typing import Any, cast
 
-from llmrelay.dialects.fields import Fields, invalid_value, join, wrong_type
-from llmrelay.errors import InvalidRequest
+from llmrelay.dialects.fields import Fields, invalid_value, join, missing, wrong_type
 from llmrelay.request import (
     AudioPart,
     ImagePart,
@@ -32,11 +31,7 @@ _AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a", "webm", "pcm16")
 
 def parse_messages(raw: Any, *, empty_object_is_null: bool) -> list[Message]:
     if raw is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'messages'.",
-            param="messages",
-            code="missing_required_parameter",
-        )
+        raise missing("messages")
     if not isinstance(raw, list):
         raise wrong_type("messages", "an array", raw)
     if not raw:
@@ -62,12 +57,7 @@ def _parse_message(f: Fields) -> Message:
     if role == "function":
         # Legacy function results become tool results, matched to calls by function name.
         if not name:
-            raise InvalidRequest(
-                f"Missing required parameter: '{f.param('name')}' (a 'function' message "
-                "names the function whose result it carries).",
-                param=f.param("name"),
-                code="missing_required_parameter",
-            )
+            raise missing(f.param("name"), "a 'function' message names its function")
         return Message("tool", content, name=name, tool_call_id=name)
     tool_call_id = None
     if role == "tool":
@@ -90,11 +80,7 @@ def _parse_content(f: Fields, *, required: bool) -> list[Part]:
     param = f.param("content")
     if raw is None:
         if required:
-            raise InvalidRequest(
-                f"Missing required parameter: '{param}'.",
-                param=param,
-                code="missing_required_parameter",
-            )
+            raise missing(param)
         return []
     if isinstance(raw, str):
         return [TextPart(raw)]
@@ -124,11 +110,7 @@ def _parse_part(f: Fields) -> Part:
     if kind == "input_audio":
         audio = f.object("input_audio")
         if audio is None:
-            raise InvalidRequest(
-                f"Missing required parameter: '{f.param('input_audio')}'.",
-                param=f.param("input_audio"),
-                code="missing_required_parameter",
-            )
+            raise missing(f.param("input_audio"))
         data = audio.string("data", required=True)
         fmt = audio.choice("format", _AUDIO_FORMATS) or "wav"
         assert data is not None
@@ -141,11 +123,7 @@ def _infer_part_type(f: Fields) -> str:
     for key in ("text", "image_url", "video_url", "input_audio"):
         if f.has(key):
             return key
-    raise InvalidRequest(
-        f"Missing required parameter: '{f.param('type')}'.",
-        param=f.param("type"),
-        code="missing_required_parameter",
-    )
+    raise missing(f.param("type"))
 
 
 def _url_field(f: Fields, key: str) -> str:
@@ -198,11 +176,7 @@ def _parse_tool_calls(f: Fields) -> list[ToolCall]:
         call = Fields(raw, join(f.param("tool_calls"), i))
         fn = call.object("function")
         if fn is None:
-            raise InvalidRequest(
-                f"Missing required parameter: '{call.param('function')}'.",
-                param=call.param("function"),
-                code="missing_required_parameter",
-            )
+            raise missing(call.param("function"))
         calls.append(_tool_call(fn, call.string("id") or f"call_{i}"))
     legacy = f.object("function_call")
     if legacy is not None and not calls:

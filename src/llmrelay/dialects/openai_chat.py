@@ -15,30 +15,26 @@ from typing import Any
 import jsonschema
 import orjson
 
-from llmrelay.dialects.fields import Fields, invalid_value, join, wrong_type
+from llmrelay.dialects.fields import Fields, invalid_value, join, missing, wrong_type
 from llmrelay.dialects.messages import parse_messages
-from llmrelay.errors import InvalidRequest
-from llmrelay.request import ChatRequest, FunctionTool, ResponseFormat, Sampling, ToolChoice
+from llmrelay.request import (
+    SAMPLING_PARAMETERS,
+    ChatRequest,
+    FunctionTool,
+    ResponseFormat,
+    Sampling,
+    ToolChoice,
+)
 
 log = logging.getLogger(__name__)
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _WEB_SEARCH_TOOL_TYPES = ("web_search", "web_search_preview", "web_search_2025_08_26")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-KNOWN_FIELDS = frozenset(
+KNOWN_FIELDS = SAMPLING_PARAMETERS | frozenset(
     [
         "model",
         "messages",
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "frequency_penalty",
-        "presence_penalty",
-        "repetition_penalty",
-        "logit_bias",
-        "seed",
-        "stop",
         "n",
         "max_tokens",
         "max_completion_tokens",
@@ -204,11 +200,7 @@ def _parse_tools(f: Fields) -> tuple[list[FunctionTool], bool]:
             )
         fn = tf.object("function")
         if fn is None:
-            raise InvalidRequest(
-                f"Missing required parameter: '{tf.param('function')}'.",
-                param=tf.param("function"),
-                code="missing_required_parameter",
-            )
+            raise missing(tf.param("function"))
         tool = _function_tool(fn)
         if tool.name == "web_search" and not tool.parameters:
             web_search = True  # seed 000's switch for server-side search
@@ -305,18 +297,10 @@ def _parse_response_format(f: Fields) -> ResponseFormat:
         return ResponseFormat(kind)  # type: ignore[arg-type]
     js = rf.object("json_schema")
     if js is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'response_format.json_schema'.",
-            param="response_format.json_schema",
-            code="missing_required_parameter",
-        )
+        raise missing("response_format.json_schema")
     schema = js.raw("schema")
     if schema is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'response_format.json_schema.schema'.",
-            param="response_format.json_schema.schema",
-            code="missing_required_parameter",
-        )
+        raise missing("response_format.json_schema.schema")
     if not isinstance(schema, dict):
         raise wrong_type(js.param("schema"), "a JSON Schema object", schema)
     _check_schema(js.param("schema"), schema)

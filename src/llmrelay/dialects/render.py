@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -105,6 +105,27 @@ def chat_completion(
     return body
 
 
+class _Identity(Protocol):
+    id: str
+    created: int
+    model: str
+    include_usage: bool
+
+
+def chunk_event(response: _Identity, kind: str, choices: list[dict[str, Any]], usage: Any) -> bytes:
+    """One SSE event; with include_usage every event carries ``usage`` (null until the last)."""
+    payload: dict[str, Any] = {
+        "id": response.id,
+        "object": kind,
+        "created": response.created,
+        "model": response.model,
+        "choices": choices,
+    }
+    if response.include_usage:
+        payload["usage"] = usage
+    return sse(payload)
+
+
 class ChunkRenderer:
     """Turns typed chunks into ``chat.completion.chunk`` SSE events for one response."""
 
@@ -117,16 +138,7 @@ class ChunkRenderer:
         self.logprobs = logprobs
 
     def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            payload["usage"] = usage
-        return sse(payload)
+        return chunk_event(self, "chat.completion.chunk", choices, usage)
 
     def _choice(
         self,
@@ -188,16 +200,7 @@ class CompletionChunkRenderer:
         self.include_usage = include_usage
 
     def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            payload["usage"] = usage
-        return sse(payload)
+        return chunk_event(self, "text_completion", choices, usage)
 
     def start(self) -> bytes:
         return b""

@@ -12,23 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llmrelay.errors import InvalidRequest, UnsupportedContent
-from llmrelay.request import AudioPart, ChatRequest, ImagePart, Part, VideoPart
+from llmrelay.request import (
+    SAMPLING_PARAMETERS,
+    AudioPart,
+    ChatRequest,
+    ImagePart,
+    Part,
+    VideoPart,
+)
 from llmrelay.stream import Chunk
 
-ALL_SAMPLING = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "frequency_penalty",
-        "presence_penalty",
-        "repetition_penalty",
-        "logit_bias",
-        "seed",
-        "stop",
-    }
-)
+ALL_SAMPLING = SAMPLING_PARAMETERS
 
 
 @dataclass(frozen=True, slots=True)
