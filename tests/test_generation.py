@@ -283,6 +283,51 @@ def test_json_schema_output(http: httpx.Client, schema: dict[str, Any], stream: 
     jsonschema.validate(json.loads(content), schema)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_json_schema_integer_bounds_are_enforced(http: httpx.Client, seed: int) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "year": {"type": "integer", "minimum": 1990, "maximum": 2030},
+            "score": {"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 4},
+            "count": {"type": "integer", "minimum": 7},
+        },
+        "required": ["year", "score", "count"],
+    }
+    content = text(
+        http,
+        "Describe a film.",
+        max_tokens=60,
+        seed=seed,
+        temperature=1.0,
+        response_format={"type": "json_schema", "json_schema": {"name": "film", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(content), schema)
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [
+        ({"type": "number", "minimum": 0}, "minimum"),
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        (
+            {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}},
+            "multipleOf",
+        ),
+    ],
+)
+def test_unenforceable_schema_keywords_are_refused(
+    http: httpx.Client, schema: dict[str, Any], keyword: str
+) -> None:
+    body = chat(
+        "x", response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    )
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = check_error(response.json())
+    assert error["code"] == "unsupported_schema" and f"'{keyword}'" in error["message"]
+
+
 def test_json_object_output(http: httpx.Client) -> None:
     for seed in (1, 2, 3):
         content = text(

@@ -11,10 +11,16 @@ import pydantic
 from tests.conftest import MODEL, SECOND_MODEL
 
 
+class Address(pydantic.BaseModel):
+    city: str
+    floor: int = pydantic.Field(ge=0, le=40)
+
+
 class Person(pydantic.BaseModel):
     name: str
-    age: int
+    age: int = pydantic.Field(ge=18, le=99)
     role: Literal["pilot", "chef", "poet"]
+    home: Address  # a nested model: pydantic writes it as a $defs entry and a $ref
 
 
 def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
@@ -22,12 +28,13 @@ def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
         model=MODEL,
         messages=[{"role": "user", "content": "Invent a person."}],
         response_format=Person,
-        max_tokens=80,
+        max_tokens=120,
         seed=4,
     )
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Person)
     assert parsed.role in ("pilot", "chef", "poet")
+    assert 18 <= parsed.age <= 99 and 0 <= parsed.home.floor <= 40
 
 
 class GetWeather(pydantic.BaseModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from llmrelay import jsonio, reasoning
 from llmrelay.dialects.openai_chat import parse_chat_request
+from llmrelay.engine.ranges import integer_range
 from llmrelay.engine.stops import find_stop, held_length
 from llmrelay.engine.tools import ToolCallParser
 from llmrelay.errors import InvalidJSON
@@ -142,3 +145,43 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert settings.relaxed_json is True  # file
     assert settings.port == 9100  # env beats file
     assert settings.default_model == "from-cli"  # flags beat env
+
+
+def _range_regex(low: int | None, high: int | None) -> re.Pattern[str]:
+    # The GBNF subset integer_range emits reads as a regular expression once quotes go.
+    return re.compile("^(?:" + integer_range(low, high).replace('"', "").replace(" ", "") + ")$")
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        (0, 0),
+        (5, 9),
+        (0, 100),
+        (7, 1234),
+        (-15, 15),
+        (-100, -7),
+        (None, 3),
+        (-3, None),
+        (12, None),
+        (None, None),
+        (0, None),
+        (None, -5),
+        (99, 101),
+        (1, 1_000_000),
+    ],
+)
+def test_integer_range_matches_exactly_the_range(low: int | None, high: int | None) -> None:
+    pattern = _range_regex(low, high)
+    rng = random.Random(low or 0)
+    samples = list(range(-1500, 1500)) + [rng.randint(-(10**9), 10**9) for _ in range(1500)]
+    for n in samples:
+        inside = (low is None or n >= low) and (high is None or n <= high)
+        assert bool(pattern.match(str(n))) == inside, (low, high, n)
+    for bad in ("01", "-0", "00", "+1", "-01", "1.0"):
+        assert not pattern.match(bad), (low, high, bad)
+
+
+def test_integer_range_refuses_an_empty_range() -> None:
+    with pytest.raises(ValueError, match="greater than maximum"):
+        integer_range(5, 1)

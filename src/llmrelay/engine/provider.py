@@ -13,9 +13,10 @@ from llmrelay.engine.grammar import check_grammar, forced_tools, request_grammar
 from llmrelay.engine.model_files import resolve_model_path
 from llmrelay.engine.pool import EnginePool
 from llmrelay.engine.prompt import ChatTemplate
+from llmrelay.engine.runner import ModelInstance
 from llmrelay.engine.sampling import GenerationParams
 from llmrelay.engine.tools import ToolCallParser
-from llmrelay.errors import ContextLengthExceeded
+from llmrelay.errors import ContextLengthExceeded, InvalidRequest
 from llmrelay.providers.base import Capabilities, ModelInfo
 from llmrelay.request import ChatRequest
 from llmrelay.settings import LocalModelConfig
@@ -152,6 +153,8 @@ class LocalProvider:
         prompt = self._prompt(local, request)
         add_bos = local.add_bos and not (local.bos_text and prompt.startswith(local.bos_text))
         tokens = await asyncio.to_thread(instance.tokenize, prompt, add_bos=add_bos)
+        if not tokens:
+            tokens = _start_tokens(instance)
         _check_logit_bias(request, instance.n_vocab)
         grammar = request_grammar(request)
         if grammar is not None:
@@ -180,6 +183,14 @@ class LocalProvider:
                 yield Finish(chunk.index, reason)
             else:
                 yield chunk
+
+
+def _start_tokens(instance: ModelInstance) -> list[int]:
+    """An empty prompt starts from the BOS token, as llama.cpp's server does."""
+    bos = instance.model.token_bos()
+    if bos < 0:
+        raise InvalidRequest("The prompt is empty.", param="prompt", code="invalid_value")
+    return [bos]
 
 
 def _check_logit_bias(request: ChatRequest, n_vocab: int) -> None:

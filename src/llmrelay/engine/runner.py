@@ -99,6 +99,8 @@ class ModelInstance:
 
     def _load_prompt(self, tokens: list[int]) -> None:
         """Make the KV cache hold ``tokens`` with the logits of the last one ready."""
+        if not tokens:
+            raise ValueError("cannot generate from an empty prompt")  # llama.cpp would abort
         common = 0
         for a, b in zip(self.cached, tokens, strict=False):
             if a != b:
