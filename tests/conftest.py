@@ -48,7 +48,16 @@ class Server:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "llmrelay", *args, "--data-dir", str(self.data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "llmrelay",
+                *args,
+                "--data-dir",
+                str(self.data_dir),
+                "--config",
+                str(self.data_dir.parent / "config.yaml"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

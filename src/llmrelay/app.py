@@ -28,8 +28,10 @@ from llmrelay.errors import (
     internal_error,
 )
 from llmrelay.gateway import Gateway
+from llmrelay.routing.channels import ChannelManager
 from llmrelay.routing.router import Router
 from llmrelay.settings import Settings
+from llmrelay.store.channels import ChannelStore
 from llmrelay.store.db import Database, migrate
 from llmrelay.store.keys import KeyStore
 
@@ -110,8 +112,11 @@ def build_app(
     keys = KeyStore(db)
     local = LocalProvider(settings.local_models)
     router = Router(
-        [local], aliases={alias: cfg.name for cfg in settings.local_models for alias in cfg.aliases}
+        aliases={alias: cfg.name for cfg in settings.local_models for alias in cfg.aliases},
+        circuit_failures=settings.circuit_failures,
+        circuit_cooldown=settings.circuit_cooldown_seconds,
     )
+    channels = ChannelManager(settings, router, local, ChannelStore(db))
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -120,6 +125,7 @@ def build_app(
         router=router,
         gateway=Gateway(router),
         local=local,
+        channels=channels,
     )
 
     @asynccontextmanager
@@ -130,13 +136,15 @@ def build_app(
         if created is not None and admin_secret is None:
             on_admin_key(created)
         await local.start()
-        router.refresh()
+        await channels.refresh()
+        channels.start()
         ctx.ready = True
         log.info("llmrelay ready on %s:%s", settings.host, settings.port)
         try:
             yield
         finally:
             ctx.ready = False
+            await channels.close()
             await local.close()
             await db.close()
 

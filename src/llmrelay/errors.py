@@ -41,12 +41,17 @@ class LLMRelayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        # Set on upstream failures: another channel may succeed (before the first byte only).
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class InvalidRequest(LLMRelayError):

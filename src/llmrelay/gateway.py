@@ -1,37 +1,164 @@
-"""From a normalised request to a stream of chunks: route, check capabilities, post-process."""
+"""From a normalised request to chunks: pick backends in route order, fail over, post-process.
+
+A streaming request may move to the next channel until its first chunk exists; after that an
+error reaches the client as an SSE error event. A non-streaming request has sent nothing until
+it is complete, so it may move on after any retryable failure.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from llmrelay import reasoning
+from llmrelay.errors import (
+    InvalidRequest,
+    LLMRelayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from llmrelay.providers.base import ModelInfo, check_request
 from llmrelay.request import ChatRequest
-from llmrelay.routing.router import Router
-from llmrelay.stream import Chunk
+from llmrelay.routing.router import Route, Router
+from llmrelay.stream import Chunk, Completion, collect
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def prepare(self, request: ChatRequest) -> ModelInfo:
-        """Resolve the model and refuse what it cannot honour, before any response starts."""
-        _, info = self.router.resolve(request.model)
-        check_request(request, info)
-        return info
+    def _candidates(self, request: ChatRequest) -> list[Route]:
+        """Routes able to honour the request; if none can, the first one's refusal."""
+        routes = self.router.routes(request.model)
+        able: list[Route] = []
+        refusal: InvalidRequest | None = None
+        for route in routes:
+            try:
+                check_request(request, route.info)
+            except InvalidRequest as exc:
+                refusal = refusal or exc
+                continue
+            able.append(route)
+        if not able:
+            assert refusal is not None
+            raise refusal
+        return able
 
-    async def stream(self, request: ChatRequest, info: ModelInfo) -> AsyncIterator[Chunk]:
-        provider, _ = self.router.resolve(info.id)
-        chunks = provider.stream(request, info)
+    async def open(self, request: ChatRequest) -> tuple[ModelInfo, AsyncIterator[Chunk]]:
+        """Start a stream on the first route that produces a first chunk."""
+        failures: list[tuple[Route, LLMRelayError | None]] = []
+        for route in self._candidates(request):
+            if route.breaker is not None and not route.breaker.allow():
+                failures.append((route, None))
+                continue
+            chunks = route.provider.stream(request, route.info)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except LLMRelayError as exc:
+                await _close(chunks)
+                if not exc.retryable:
+                    raise
+                self._failed(route, exc, failures)
+                continue
+            if route.breaker is not None:
+                route.breaker.success()
+            return route.info, self._finish(request, route, first, chunks)
+        raise all_failed(request.model, failures)
+
+    async def complete(self, request: ChatRequest) -> tuple[ModelInfo, Completion]:
+        failures: list[tuple[Route, LLMRelayError | None]] = []
+        for route in self._candidates(request):
+            if route.breaker is not None and not route.breaker.allow():
+                failures.append((route, None))
+                continue
+            try:
+                chunks = self._post_process(
+                    request, route.info, route.provider.stream(request, route.info)
+                )
+                completion = await collect(chunks, request.n)
+            except LLMRelayError as exc:
+                if not exc.retryable:
+                    raise
+                self._failed(route, exc, failures)
+                continue
+            if route.breaker is not None:
+                route.breaker.success()
+            return route.info, completion
+        raise all_failed(request.model, failures)
+
+    def _failed(
+        self, route: Route, error: LLMRelayError, failures: list[tuple[Route, LLMRelayError | None]]
+    ) -> None:
+        log.warning("route %s failed for %s: %s", route.name, route.info.id, error.message)
+        if route.breaker is not None:
+            route.breaker.failure(error.retry_after)
+        failures.append((route, error))
+
+    async def _finish(
+        self, request: ChatRequest, route: Route, first: Chunk | None, rest: AsyncIterator[Chunk]
+    ) -> AsyncIterator[Chunk]:
+        async def joined() -> AsyncIterator[Chunk]:
+            if first is not None:
+                yield first
+            try:
+                async for chunk in rest:
+                    yield chunk
+            except LLMRelayError as exc:
+                if exc.retryable and route.breaker is not None:
+                    route.breaker.failure(exc.retry_after)
+                raise
+            finally:
+                await _close(rest)
+
+        async for chunk in self._post_process(request, route.info, joined()):
+            yield chunk
+
+    @staticmethod
+    def _post_process(
+        request: ChatRequest, info: ModelInfo, chunks: AsyncIterator[Chunk]
+    ) -> AsyncIterator[Chunk]:
+        if request.raw_prompt is not None:
+            # Legacy text completions have no reasoning field: the text stays as generated.
+            return reasoning.inline(chunks, request.n)
         separate = (
             info.separate_reasoning
             if request.separate_reasoning is None
             else (request.separate_reasoning)
         )
         if separate:
-            chunks = reasoning.separate(chunks, request.n)
+            return reasoning.separate(chunks, request.n)
+        return reasoning.inline(chunks, request.n)
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def all_failed(model: str, failures: list[tuple[Route, LLMRelayError | None]]) -> LLMRelayError:
+    """Every route failed: say why, with the status that fits the failures."""
+    reasons = []
+    waits = []
+    for route, error in failures:
+        if error is None:
+            assert route.breaker is not None
+            waits.append(route.breaker.retry_in())
+            reasons.append(f"{route.name}: circuit open, retry in {route.breaker.retry_in():.0f}s")
         else:
-            chunks = reasoning.inline(chunks, request.n)
-        async for chunk in chunks:
-            yield chunk
+            if error.retry_after:
+                waits.append(error.retry_after)
+            reasons.append(f"{route.name}: {error.message}")
+    message = f"All {len(failures)} backends for model '{model}' failed. " + "; ".join(reasons)
+    errors = [e for _, e in failures if e is not None]
+    if errors and all(isinstance(e, UpstreamTimeout) for e in errors):
+        return UpstreamTimeout(message)
+    if not errors or all(isinstance(e, ServiceUnavailable) for e in errors):
+        wait = max(1, round(min(waits))) if waits else 1
+        return ServiceUnavailable(message, headers={"Retry-After": str(wait)})
+    return UpstreamError(message, code="upstream_failed")

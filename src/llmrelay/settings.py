@@ -39,6 +39,50 @@ class LocalModelConfig(BaseModel):
     description: str = "SmolLM2-135M-Instruct (Q4_1), run in-process by llama.cpp"
 
 
+Flavor = Literal["openai", "deepseek", "vllm", "sglang", "llamacpp", "ollama", "relay"]
+
+
+class CapabilityOverrides(BaseModel):
+    """What to change in a channel's capability profile (None: keep the profile's value)."""
+
+    vision: bool | None = None
+    video: bool | None = None
+    audio: bool | None = None
+    tools: bool | None = None
+    json_schema: bool | None = None
+    logprobs: bool | None = None
+    reasoning: bool | None = None
+    max_n: int | None = Field(None, ge=1)
+    context_length: int | None = Field(None, ge=1)
+    inline_images: bool | None = None
+    reasoning_models: list[str] | None = None
+
+
+class ChannelConfig(BaseModel):
+    """An upstream: where it is, how to reach it, and which public models it serves."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: Literal["openai", "gemini", "anthropic"] = "openai"
+    flavor: Flavor = "relay"
+    base_url: str
+    keys: list[SecretStr] = []
+    models: list[str] = Field(min_length=1)
+    map: dict[str, str] = {}
+    priority: int = 0
+    weight: int = Field(1, ge=1, le=1000)
+    connect_timeout: float = Field(5.0, gt=0)
+    first_byte_timeout: float = Field(60.0, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    capabilities: CapabilityOverrides = CapabilityOverrides()
+    enabled: bool = True
+
+    def upstream_model(self, public: str) -> str:
+        for name, target in self.map.items():
+            if name.lower() == public.lower():
+                return target
+        return public
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMRELAY_", env_nested_delimiter="__", extra="forbid"
@@ -52,6 +96,10 @@ class Settings(BaseSettings):
     relaxed_json: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     local_models: list[LocalModelConfig] = [LocalModelConfig()]
+    channels: list[ChannelConfig] = []
+    channel_refresh_seconds: float = Field(2.0, gt=0, le=60)
+    circuit_failures: int = Field(3, ge=1, description="failures in a row that open a circuit")
+    circuit_cooldown_seconds: float = Field(5.0, gt=0, description="first open period")
     admin_key: SecretStr | None = Field(
         None, description="Use this secret for the first admin key instead of a random one"
     )

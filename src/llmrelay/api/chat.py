@@ -9,10 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, event_stream, primed, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, event_stream, read_json, until_disconnect
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_chat import parse_chat_request
-from llmrelay.stream import collect
 
 
 async def chat_completions(request: Request) -> Response:
@@ -27,15 +26,13 @@ async def chat_completions(request: Request) -> Response:
         default_model=ctx.settings.default_model,
     )
     ctx.auth.authorize_model(key, chat.model)
-    info = ctx.gateway.prepare(chat)
-    chunks = ctx.gateway.stream(chat, info)
     if chat.stream:
-        first, rest = await primed(chunks)
+        info, chunks = await ctx.gateway.open(chat)
         renderer = render.ChunkRenderer(
             model=info.id, n=chat.n, include_usage=chat.include_usage, logprobs=chat.logprobs
         )
-        return event_stream(renderer, first, rest)
-    completion = await until_disconnect(request, collect(chunks, chat.n))
+        return event_stream(renderer, chunks)
+    info, completion = await until_disconnect(request, ctx.gateway.complete(chat))
     return JSONResponse(
         render.chat_completion(
             completion,

@@ -9,11 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, event_stream, primed, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, event_stream, read_json, until_disconnect
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_completions import parse_completion_request
 from llmrelay.errors import InvalidRequest
-from llmrelay.stream import collect
 
 
 async def completions(request: Request) -> Response:
@@ -24,19 +23,18 @@ async def completions(request: Request) -> Response:
     )
     req = parse_completion_request(body, default_model=ctx.settings.default_model)
     ctx.auth.authorize_model(key, req.model)
-    info = ctx.gateway.prepare(req)
-    if info.owned_by != "llmrelay":
+    _, route_info = ctx.router.models_by_name(req.model)
+    if route_info.owned_by != "llmrelay":
         raise InvalidRequest(
-            f"The model '{info.id}' supports chat completions only.",
+            f"The model '{route_info.id}' supports chat completions only.",
             param="model",
             code="unsupported_endpoint",
         )
-    chunks = ctx.gateway.stream(req, info)
     if req.stream:
-        first, rest = await primed(chunks)
+        info, chunks = await ctx.gateway.open(req)
         renderer = render.CompletionChunkRenderer(model=info.id, include_usage=req.include_usage)
-        return event_stream(renderer, first, rest)
-    completion = await until_disconnect(request, collect(chunks, req.n))
+        return event_stream(renderer, chunks)
+    info, completion = await until_disconnect(request, ctx.gateway.complete(req))
     return JSONResponse(
         render.text_completion(
             completion,

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from llmrelay.auth import Authenticator
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.gateway import Gateway
+from llmrelay.routing.channels import ChannelManager
 from llmrelay.routing.router import Router
 from llmrelay.settings import Settings
 from llmrelay.store.db import Database
@@ -24,6 +25,7 @@ class AppContext:
     router: Router
     gateway: Gateway
     local: LocalProvider
+    channels: ChannelManager
     ready: bool = False
 
 

@@ -78,23 +78,11 @@ class ChunkRenderer(Protocol):
     def render(self, chunk: Chunk) -> bytes: ...
 
 
-async def primed(chunks: AsyncIterator[Chunk]) -> tuple[Chunk | None, AsyncIterator[Chunk]]:
-    """Wait for the first chunk, so errors before it become plain HTTP errors."""
-    try:
-        return await anext(chunks), chunks
-    except StopAsyncIteration:
-        return None, chunks
-
-
-def event_stream(
-    renderer: ChunkRenderer, first: Chunk | None, rest: AsyncIterator[Chunk]
-) -> StreamingResponse:
+def event_stream(renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         try:
             yield renderer.start()
-            if first is not None:
-                yield renderer.render(first)
-            async for chunk in rest:
+            async for chunk in chunks:
                 data = renderer.render(chunk)
                 if data:
                     yield data
@@ -105,7 +93,7 @@ def event_stream(
             log.exception("stream failed after it started")
             yield sse_error(internal_error())
         finally:
-            aclose = getattr(rest, "aclose", None)
+            aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 

@@ -101,6 +101,7 @@ class EnginePool:
                 f"The local model is busy ({self._waiting} requests in progress or queued); "
                 "retry shortly.",
                 headers={"Retry-After": "1"},
+                retryable=True,  # a channel serving the same model name may take it
             )
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()

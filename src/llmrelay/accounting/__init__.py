@@ -1,0 +1,1 @@
+"""Tokens, prices, reservations and the ledger."""

@@ -1,0 +1,44 @@
+"""``llmrelay serve``."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmrelay import logs
+from llmrelay.cli.common import add_common
+from llmrelay.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    add_common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--relaxed-json",
+        action="store_true",
+        default=None,
+        help="accept JSON5 bodies (trailing commas, comments)",
+    )
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+
+
+def run(settings: Settings) -> int:
+    import uvicorn
+
+    from llmrelay.app import build_app
+
+    logs.configure(settings.log_level)
+    config = uvicorn.Config(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=settings.event_loop,
+        http=settings.http_parser,
+        log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=5,
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler
+    )
+    uvicorn.Server(config).run()
+    return 0

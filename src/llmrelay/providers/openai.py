@@ -1,0 +1,328 @@
+"""The ``openai`` provider type: any OpenAI-compatible server behind a channel.
+
+Upstream requests always stream (with usage), and are relayed chunk by chunk: nothing is
+buffered whole. Connect, first-byte and idle timeouts are separate. Upstream failures are mapped
+into llmrelay's errors here, each marked retryable when another channel may do better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from llmrelay.errors import (
+    InvalidRequest,
+    LLMRelayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from llmrelay.providers.base import ModelInfo
+from llmrelay.providers.openai_wire import build_body
+from llmrelay.providers.profiles import PROFILES, capabilities_for
+from llmrelay.request import ChatRequest
+from llmrelay.settings import ChannelConfig
+from llmrelay.stream import (
+    Chunk,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+
+Estimate = Callable[[str], int]
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "eos": "stop",
+    "end_turn": "stop",
+}
+
+
+class OpenAIProvider:
+    """One channel of type ``openai``."""
+
+    def __init__(
+        self, config: ChannelConfig, client: httpx.AsyncClient, estimate: Estimate
+    ) -> None:
+        self.config = config
+        self.profile = PROFILES[config.flavor]
+        self.client = client
+        self.estimate = estimate
+        self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
+        caps = capabilities_for(config.flavor, config.capabilities)
+        created = int(time.time())
+        self._models = [
+            ModelInfo(
+                id=m,
+                owned_by=config.name,
+                capabilities=caps,
+                created=created,
+                description=f"served by channel {config.name}",
+            )
+            for m in config.models
+        ]
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._models)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        key = next(self._keys)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
+        body = build_body(request, self.config.upstream_model(model.id), self.profile)
+        upstream = self.client.build_request(
+            "POST", self.url, content=orjson.dumps(body), headers=self._headers()
+        )
+        try:
+            async with asyncio.timeout(self.config.first_byte_timeout):
+                response = await self.client.send(upstream, stream=True)
+        except TimeoutError:
+            raise self._timeout("did not answer") from None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            if response.status_code >= 400:
+                raise await self._error(response)
+            decoder = _Decoder(request, self.estimate)
+            done = False
+            async for payload in self._payloads(response):
+                if payload is None:
+                    done = True
+                    break
+                for chunk in decoder.feed(payload):
+                    yield chunk
+            if not done and len(decoder.finished) < request.n:
+                # A connection that closes without [DONE] or a finish_reason was cut.
+                raise self._broken("the stream ended before it was complete")
+            for chunk in decoder.finish():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def _payloads(self, response: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
+        """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event."""
+        lines = response.aiter_lines()
+        first = True
+        while True:
+            limit = self.config.first_byte_timeout if first else self.config.idle_timeout
+            try:
+                async with asyncio.timeout(limit):
+                    line = await anext(lines)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise self._timeout(
+                    "stalled mid-stream" if not first else "did not answer"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise self._broken(
+                    f"the connection failed mid-stream ({type(exc).__name__})"
+                ) from None
+            first = False
+            line = line.strip()
+            if not line or line.startswith((":", "event:", "id:", "retry:")):
+                continue
+            data = line[5:].strip() if line.startswith("data:") else line
+            if data == "[DONE]":
+                yield None
+                return
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise self._broken(f"it sent a malformed event: {data[:80]!r}") from None
+            if not isinstance(payload, dict):
+                raise self._broken("it sent an event that is not a JSON object")
+            if "error" in payload:
+                raise _mapped(self.name, 502, payload, mid_stream=True)
+            yield payload
+
+    async def _error(self, response: httpx.Response) -> LLMRelayError:
+        raw = await response.aread()
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            payload = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
+        error = _mapped(self.name, response.status_code, payload, mid_stream=False)
+        retry_after = response.headers.get("retry-after")
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            error.retry_after = float(retry_after)
+        return error
+
+    def _timeout(self, what: str) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"The upstream channel '{self.name}' {what} in time.", retryable=True
+        )
+
+    def _unreachable(self, exc: httpx.HTTPError) -> UpstreamError:
+        return UpstreamError(
+            f"The upstream channel '{self.name}' could not be reached ({type(exc).__name__}).",
+            code="upstream_unreachable",
+            retryable=True,
+        )
+
+    def _broken(self, why: str) -> UpstreamError:
+        return UpstreamError(
+            f"The upstream channel '{self.name}' failed: {why}.",
+            code="upstream_protocol_error",
+            retryable=True,
+        )
+
+
+def _mapped(channel: str, status: int, payload: Any, *, mid_stream: bool) -> LLMRelayError:
+    """An upstream error as one of ours. Client mistakes pass through; the rest may fail over."""
+    detail = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(detail, dict):
+        detail = {"message": str(detail or payload)[:300]}
+    message = str(detail.get("message") or "no message")[:500]
+    param = detail.get("param") if isinstance(detail.get("param"), str) else None
+    if status in (400, 413, 422) and not mid_stream:
+        return InvalidRequest(
+            f"The upstream refused the request: {message}",
+            param=param,
+            code="upstream_invalid_request",
+        )
+    if status == 429:
+        return ServiceUnavailable(
+            f"The upstream channel '{channel}' is rate limited: {message}",
+            code="upstream_rate_limited",
+            retryable=True,
+        )
+    if status >= 500 or status in (401, 403, 404, 408):
+        return UpstreamError(
+            f"The upstream channel '{channel}' failed ({status}): {message}",
+            code="upstream_error",
+            retryable=True,
+        )
+    return UpstreamError(
+        f"The upstream channel '{channel}' failed: {message}", code="upstream_error", retryable=True
+    )
+
+
+class _Decoder:
+    """OpenAI stream chunks (or one whole completion) into typed chunks."""
+
+    def __init__(self, request: ChatRequest, estimate: Estimate) -> None:
+        self.request = request
+        self.estimate = estimate
+        self.usage: Usage | None = None
+        self.text: list[str] = []
+        self.finished: set[int] = set()
+
+    def feed(self, payload: dict[str, Any]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for choice in payload.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            if not 0 <= index < self.request.n:
+                continue
+            part = choice.get("delta") or choice.get("message") or {}
+            out += self._delta(index, part, choice.get("logprobs"))
+            reason = choice.get("finish_reason")
+            if reason and index not in self.finished:
+                self.finished.add(index)
+                out.append(Finish(index, _FINISH.get(str(reason), "stop")))
+        usage = payload.get("usage")
+        if isinstance(usage, dict) and "prompt_tokens" in usage:
+            self.usage = _usage(usage)
+        return out
+
+    def _delta(self, index: int, delta: dict[str, Any], logprobs: Any) -> list[Chunk]:
+        out: list[Chunk] = []
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            out.append(ReasoningDelta(index, reasoning))
+            self.text.append(reasoning)
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            out.append(TextDelta(index, content, _logprobs(logprobs)))
+            self.text.append(content)
+        for position, call in enumerate(delta.get("tool_calls") or []):
+            fn = call.get("function") or {}
+            arguments = fn.get("arguments") or ""
+            if not isinstance(arguments, str):
+                arguments = orjson.dumps(arguments).decode()
+            out.append(
+                ToolCallDelta(
+                    index,
+                    int(call.get("index", position)),
+                    call.get("id"),
+                    fn.get("name"),
+                    arguments,
+                )
+            )
+            self.text.append(arguments)
+        return out
+
+    def finish(self) -> list[Chunk]:
+        out: list[Chunk] = [
+            Finish(i, "stop") for i in range(self.request.n) if i not in self.finished
+        ]
+        out.append(self.usage or self._estimated())
+        return out
+
+    def _estimated(self) -> Usage:
+        prompt = "\n".join(m.text() for m in self.request.messages)
+        return Usage(self.estimate(prompt), self.estimate("".join(self.text)), estimated=True)
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _logprobs(raw: Any) -> list[TokenLogprob] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
+        return None
+    entries = []
+    for item in raw["content"]:
+        token = str(item.get("token", ""))
+        entries.append(
+            TokenLogprob(
+                token,
+                float(item.get("logprob", 0.0)),
+                list(item.get("bytes") or token.encode()),
+                [
+                    TopLogprob(
+                        str(t.get("token", "")),
+                        float(t.get("logprob", 0.0)),
+                        list(t.get("bytes") or str(t.get("token", "")).encode()),
+                    )
+                    for t in item.get("top_logprobs") or []
+                ],
+            )
+        )
+    return entries

@@ -1,0 +1,95 @@
+"""Build routes from local models and channels, and rebuild them when channels change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+import orjson
+
+from llmrelay.accounting.tokens import TokenEstimator
+from llmrelay.engine.provider import LocalProvider
+from llmrelay.providers.openai import OpenAIProvider
+from llmrelay.routing.router import Route, Router
+from llmrelay.settings import ChannelConfig, Settings
+from llmrelay.store.channels import ChannelStore, to_json
+
+log = logging.getLogger(__name__)
+LOCAL_PRIORITY = 1_000_000  # a local model answers before any channel serving the same name
+
+
+def build_provider(
+    config: ChannelConfig, client: httpx.AsyncClient, estimate: TokenEstimator
+) -> OpenAIProvider | None:
+    if config.type != "openai":
+        log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
+        return None
+    return OpenAIProvider(config, client, estimate)
+
+
+class ChannelManager:
+    def __init__(
+        self, settings: Settings, router: Router, local: LocalProvider, store: ChannelStore
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.local = local
+        self.store = store
+        self.estimate = TokenEstimator()
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=None),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self.channels: list[ChannelConfig] = []
+        self._fingerprint = b""
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """Reload channels from the config and the database; rebuild routes if they changed."""
+        stored = await self.store.list()
+        names = {c.name for c in self.settings.channels}
+        channels = [*self.settings.channels, *(c for c in stored if c.name not in names)]
+        fingerprint = orjson.dumps([to_json(c) for c in channels])
+        if fingerprint == self._fingerprint and self.router.models():
+            return False
+        self._fingerprint = fingerprint
+        self.channels = channels
+        routes = [
+            Route("local", self.local, info, LOCAL_PRIORITY, 1, None)
+            for info in self.local.models()
+        ]
+        for config in channels:
+            provider = (
+                build_provider(config, self.client, self.estimate) if config.enabled else None
+            )
+            if provider is None:
+                continue
+            breaker = self.router.breaker(config.name)
+            routes += [
+                Route(config.name, provider, info, config.priority, config.weight, breaker)
+                for info in provider.models()
+            ]
+        self.router.set_routes(routes)
+        log.info("routes rebuilt: %d channels", len(channels))
+        return True
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.channel_refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reloading channels failed; keeping the current routes")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+        self.estimate.close()
