@@ -39,7 +39,9 @@ class LocalModelConfig(BaseModel):
     description: str = "SmolLM2-135M-Instruct (Q4_1), run in-process by llama.cpp"
 
 
-Flavor = Literal["openai", "deepseek", "vllm", "sglang", "llamacpp", "ollama", "relay"]
+Flavor = Literal[
+    "openai", "deepseek", "vllm", "sglang", "llamacpp", "llama-cpp-python", "ollama", "relay"
+]
 
 
 class CapabilityOverrides(BaseModel):

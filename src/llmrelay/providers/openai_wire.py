@@ -78,12 +78,14 @@ def _tool_choice(request: ChatRequest) -> Any:
     return choice.mode
 
 
-def _response_format(request: ChatRequest) -> dict[str, Any] | None:
+def _response_format(request: ChatRequest, profile: WireProfile) -> dict[str, Any] | None:
     fmt = request.response_format
     if fmt.type == "text":
         return None
     if fmt.type == "json_object":
         return {"type": "json_object"}
+    if profile.schema_style == "json_object_schema":
+        return {"type": "json_object", "schema": fmt.schema}
     schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema}
     if fmt.strict:
         schema["strict"] = True
@@ -139,7 +141,7 @@ def build_body(request: ChatRequest, upstream_model: str, profile: WireProfile) 
         body["tool_choice"] = _tool_choice(request)
         if not request.parallel_tool_calls:
             body["parallel_tool_calls"] = False
-    if (fmt := _response_format(request)) is not None:
+    if (fmt := _response_format(request, profile)) is not None:
         body["response_format"] = fmt
     if request.reasoning_effort is not None:
         if not profile.reasoning_effort:

@@ -16,6 +16,9 @@ from llmrelay.request import SAMPLING_PARAMETERS
 from llmrelay.settings import CapabilityOverrides, Flavor
 
 Thinking = Literal["enable_thinking", "chat_template_kwargs", "thinking_object", "none"]
+# how a JSON Schema for the answer is sent: OpenAI's json_schema, or llama-cpp-python's
+# {"type": "json_object", "schema": ...}
+SchemaStyle = Literal["json_schema", "json_object_schema"]
 _OPENAI_SAMPLING = frozenset(
     {"temperature", "top_p", "frequency_penalty", "presence_penalty", "logit_bias", "seed", "stop"}
 )
@@ -35,6 +38,7 @@ class WireProfile:
     reasoning_model_prefixes: tuple[str, ...] = ()
     forward_reasoning_content: bool = True
     native_separate_reasoning: bool = False
+    schema_style: SchemaStyle = "json_schema"
     inline_images: bool = False
     capabilities: Capabilities = field(
         default_factory=lambda: Capabilities(input_modalities=("text", "image"))
@@ -72,6 +76,14 @@ PROFILES: dict[Flavor, WireProfile] = {
         thinking="chat_template_kwargs",
         inline_images=True,
         capabilities=Capabilities(input_modalities=("text", "image"), reasoning=True),
+    ),
+    # llama-cpp-python's own server (python -m llama_cpp.server), not llama.cpp's llama-server.
+    "llama-cpp-python": WireProfile(
+        renames=MappingProxyType({"repetition_penalty": "repeat_penalty"}),
+        thinking="none",
+        inline_images=True,
+        schema_style="json_object_schema",
+        capabilities=Capabilities(input_modalities=("text",)),
     ),
     "ollama": WireProfile(
         sampling=_OPENAI_SAMPLING - {"logit_bias"},
