@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     local_models: list[LocalModelConfig] = [LocalModelConfig()]
     channels: list[ChannelConfig] = []
     channel_refresh_seconds: float = Field(2.0, gt=0, le=60)
+    media_fetch_allow: list[str] = Field(
+        [], description="networks (CIDR) image fetches may reach although private/loopback"
+    )
+    media_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    media_timeout_seconds: float = Field(10.0, gt=0)
     circuit_failures: int = Field(3, ge=1, description="failures in a row that open a circuit")
     circuit_cooldown_seconds: float = Field(5.0, gt=0, description="first open period")
     admin_key: SecretStr | None = Field(

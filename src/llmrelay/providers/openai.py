@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -23,10 +24,11 @@ from llmrelay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from llmrelay.media import FetchPolicy, fetch_data_uri
 from llmrelay.providers.base import ModelInfo
 from llmrelay.providers.openai_wire import build_body
 from llmrelay.providers.profiles import PROFILES, capabilities_for
-from llmrelay.request import ChatRequest
+from llmrelay.request import ChatRequest, ImagePart
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import (
     Chunk,
@@ -56,9 +58,14 @@ class OpenAIProvider:
     """One channel of type ``openai``."""
 
     def __init__(
-        self, config: ChannelConfig, client: httpx.AsyncClient, estimate: Estimate
+        self,
+        config: ChannelConfig,
+        client: httpx.AsyncClient,
+        estimate: Estimate,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
         self.config = config
+        self.fetch_policy = fetch_policy or FetchPolicy()
         self.profile = PROFILES[config.flavor]
         self.client = client
         self.estimate = estimate
@@ -98,6 +105,8 @@ class OpenAIProvider:
         return headers
 
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
+        if self.profile.inline_images:
+            request = await self._inline_images(request)
         body = build_body(request, self.config.upstream_model(model.id), self.profile)
         upstream = self.client.build_request(
             "POST", self.url, content=orjson.dumps(body), headers=self._headers()
@@ -127,6 +136,34 @@ class OpenAIProvider:
                 yield chunk
         finally:
             await response.aclose()
+
+    async def _inline_images(self, request: ChatRequest) -> ChatRequest:
+        """A copy of the request whose image URLs are data: URIs (this upstream needs them)."""
+        jobs: dict[tuple[int, int], Any] = {}
+        for i, message in enumerate(request.messages):
+            for j, part in enumerate(message.content):
+                if isinstance(part, ImagePart) and not part.url.startswith("data:"):
+                    jobs[(i, j)] = fetch_data_uri(
+                        self.client,
+                        part.url,
+                        param=f"messages[{i}].content[{j}]",
+                        media="image",
+                        policy=self.fetch_policy,
+                    )
+        if not jobs:
+            return request
+        fetched = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        messages = [
+            replace(
+                m,
+                content=[
+                    replace(p, url=fetched[(i, j)]) if (i, j) in fetched else p
+                    for j, p in enumerate(m.content)
+                ],
+            )
+            for i, m in enumerate(request.messages)
+        ]
+        return replace(request, messages=messages)
 
     async def _payloads(self, response: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
         """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event."""

@@ -11,6 +11,7 @@ import orjson
 
 from llmrelay.accounting.tokens import TokenEstimator
 from llmrelay.engine.provider import LocalProvider
+from llmrelay.media import FetchPolicy
 from llmrelay.providers.openai import OpenAIProvider
 from llmrelay.routing.router import Route, Router
 from llmrelay.settings import ChannelConfig, Settings
@@ -21,12 +22,15 @@ LOCAL_PRIORITY = 1_000_000  # a local model answers before any channel serving t
 
 
 def build_provider(
-    config: ChannelConfig, client: httpx.AsyncClient, estimate: TokenEstimator
+    config: ChannelConfig,
+    client: httpx.AsyncClient,
+    estimate: TokenEstimator,
+    fetch_policy: FetchPolicy,
 ) -> OpenAIProvider | None:
     if config.type != "openai":
         log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
         return None
-    return OpenAIProvider(config, client, estimate)
+    return OpenAIProvider(config, client, estimate, fetch_policy)
 
 
 class ChannelManager:
@@ -41,6 +45,9 @@ class ChannelManager:
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, read=None),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self.fetch_policy = FetchPolicy.from_settings(
+            settings.media_fetch_allow, settings.media_max_bytes, settings.media_timeout_seconds
         )
         self.channels: list[ChannelConfig] = []
         self._fingerprint = b""
@@ -62,7 +69,9 @@ class ChannelManager:
         ]
         for config in channels:
             provider = (
-                build_provider(config, self.client, self.estimate) if config.enabled else None
+                build_provider(config, self.client, self.estimate, self.fetch_policy)
+                if config.enabled
+                else None
             )
             if provider is None:
                 continue
