@@ -483,3 +483,55 @@ def test_channels_cli_and_live_pickup(
     assert relay.cli("channels", "remove", "live").returncode == 0
     wait_for(lambda: "live-model" not in listed(), timeout=5)
     assert relay.cli("channels", "remove", "up-ok").returncode == 1  # from the config file
+
+
+# -- the admin API -------------------------------------------------------------------------
+
+
+def test_admin_channels_api(relay: Server, rhttp: httpx.Client, upstream: FakeUpstream) -> None:
+    def models() -> set[str]:
+        return {m["id"] for m in rhttp.get("/v1/models").json()["data"]}
+
+    user_key = relay.create_key("not-admin")
+    denied = httpx.get(
+        relay.url + "/admin/channels", headers={"Authorization": f"Bearer {user_key}"}
+    )
+    assert denied.status_code == 403
+    assert check_error(denied.json())["type"] == "permission_error"
+
+    spec = {
+        "name": "api-made",
+        "base_url": upstream.url,
+        "keys": ["ok:api", "ok:api2"],
+        "models": ["api-model"],
+        "priority": 2,
+    }
+    created = rhttp.post("/admin/channels", json=spec)
+    assert created.status_code == 201, created.text
+    assert created.json()["keys"] == 2 and "ok:api" not in created.text
+    assert "api-model" in models()  # effective at once on this server
+    assert (
+        ok(rhttp, chat("Hi", model="api-model"))["choices"][0]["message"]["content"]
+        == "Hello from api-model."
+    )
+
+    assert rhttp.post("/admin/channels", json=spec).status_code == 409
+    bad = rhttp.post("/admin/channels", json={"name": "x", "models": ["m"]})
+    assert bad.status_code == 400 and check_error(bad.json())["param"] == "base_url"
+
+    listing = rhttp.get("/admin/channels").json()["data"]
+    assert {c["name"]: c["source"] for c in listing}["api-made"] == "db"
+    assert all(isinstance(c["keys"], int) for c in listing)
+    assert "ok:api" not in rhttp.get("/admin/channels").text
+
+    tested = rhttp.post("/admin/channels/api-made/test").json()
+    assert tested["ok"] is True and tested["first_chunk_ms"] >= 0
+    assert tested["answer"] == "Hello from api-model."
+    assert rhttp.post("/admin/channels/doom-500/test").json()["ok"] is False
+
+    patched = rhttp.patch("/admin/channels/api-made", json={"enabled": False})
+    assert patched.status_code == 200 and patched.json()["enabled"] is False
+    assert "api-model" not in models()
+    assert rhttp.patch("/admin/channels/up-ok", json={"enabled": False}).status_code == 409
+    assert rhttp.delete("/admin/channels/api-made").status_code == 204
+    assert rhttp.get("/admin/channels/api-made").status_code == 404

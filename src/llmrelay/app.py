@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmrelay.api import chat, completions, health, models
+from llmrelay.api import admin, chat, completions, health, models
 from llmrelay.api.context import AppContext
 from llmrelay.api.io import ClientGone, JSONResponse
 from llmrelay.auth import Authenticator
@@ -149,7 +149,7 @@ def build_app(
             await db.close()
 
     app = Starlette(
-        routes=[*chat.routes, *completions.routes, *models.routes, *health.routes],
+        routes=[*chat.routes, *completions.routes, *models.routes, *health.routes, *admin.routes],
         exception_handlers={
             LLMRelayError: _on_relay_error,
             HTTPException: _on_http_error,

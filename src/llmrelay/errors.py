@@ -14,6 +14,7 @@ into the wire envelope ``{"error": {"message", "type", "param", "code"}}``.
     ├── NotFound                       404 invalid_request_error
     │   └── ModelNotFound              404 code=model_not_found
     ├── MethodNotAllowed               405 invalid_request_error
+    ├── Conflict                       409 invalid_request_error, code=conflict
     ├── PayloadTooLarge                413 invalid_request_error, code=request_too_large
     ├── UnsupportedMediaType           415 invalid_request_error
     ├── RateLimited                    429 rate_limit_exceeded (Retry-After)
@@ -97,6 +98,12 @@ class MethodNotAllowed(LLMRelayError):
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class Conflict(LLMRelayError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class PayloadTooLarge(LLMRelayError):

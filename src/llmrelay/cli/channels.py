@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import time
-from collections.abc import AsyncIterator
 from typing import get_args
 
 import httpx
@@ -14,12 +11,9 @@ from pydantic import SecretStr, ValidationError
 
 from llmrelay.accounting.tokens import TokenEstimator
 from llmrelay.cli.common import add_common, with_database
-from llmrelay.errors import LLMRelayError
-from llmrelay.providers.openai import OpenAIProvider
-from llmrelay.request import ChatRequest, Message, TextPart
+from llmrelay.routing.probe import probe
 from llmrelay.settings import CapabilityOverrides, ChannelConfig, Flavor, Settings
 from llmrelay.store.channels import ChannelError, ChannelStore
-from llmrelay.stream import Chunk, collect
 
 _OVERRIDES = ("vision", "video", "audio", "tools", "json_schema", "logprobs", "reasoning")
 
@@ -145,46 +139,30 @@ async def _run(args: argparse.Namespace, settings: Settings, store: ChannelStore
 async def _test(config: ChannelConfig) -> int:
     """A real round trip to the channel's first model; reports latency and capabilities."""
     estimator = TokenEstimator()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(config.connect_timeout, read=None)) as c:
-        provider = OpenAIProvider(config, c, estimator)
-        info = provider.models()[0]
-        request = ChatRequest(
-            model=info.id,
-            messages=[Message("user", [TextPart("Reply with the single word OK.")])],
-            max_tokens=16,
+    try:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(config.connect_timeout, read=None)
+        ) as client:
+            result = await probe(config, client, estimator)
+    finally:
+        estimator.close()
+    if not result.ok:
+        print(f"channel {config.name!r}: FAILED: {result.error}")
+        return 1
+    print(f"channel {config.name!r}: OK  model {result.model} -> {result.upstream_model}")
+    print(f"  first chunk {result.first_chunk_ms:.0f} ms, complete {result.total_ms:.0f} ms")
+    print(f"  answer: {result.answer[:60]!r}")
+    if result.usage is not None:
+        kind = "estimated" if result.usage["estimated"] else "reported by the upstream"
+        print(
+            f"  usage {result.usage['prompt_tokens']}+{result.usage['completion_tokens']} "
+            f"tokens ({kind})"
         )
-        started = time.perf_counter()
-        first_at: list[float] = []
-
-        async def timed() -> AsyncIterator[Chunk]:
-            async for chunk in provider.stream(request, info):
-                if not first_at:
-                    first_at.append(time.perf_counter())
-                yield chunk
-
-        try:
-            completion = await asyncio.wait_for(
-                collect(timed(), 1),
-                config.first_byte_timeout + 30,
-            )
-        except (LLMRelayError, TimeoutError) as exc:
-            print(f"channel {config.name!r}: FAILED: {getattr(exc, 'message', exc)}")
-            return 1
-        finally:
-            estimator.close()
-    total = (time.perf_counter() - started) * 1000
-    first = ((first_at[0] if first_at else time.perf_counter()) - started) * 1000
-    usage = completion.usage
-    caps = info.capabilities
-    print(f"channel {config.name!r}: OK  model {info.id} -> {config.upstream_model(info.id)}")
-    print(f"  first chunk {first:.0f} ms, complete {total:.0f} ms")
-    print(f"  answer: {completion.choices[0].text.strip()[:60]!r}")
-    if usage is not None:
-        kind = "estimated" if usage.estimated else "reported by the upstream"
-        print(f"  usage {usage.prompt_tokens}+{usage.completion_tokens} tokens ({kind})")
+    supports = result.supports
     print(
-        f"  supports: input {', '.join(caps.input_modalities)}; tools {caps.tools}; "
-        f"json_schema {caps.json_schema}; logprobs {caps.logprobs}; "
-        f"reasoning {caps.reasoning}; parameters {', '.join(caps.supported_parameters())}"
+        f"  supports: input {', '.join(supports['input_modalities'])}; tools "
+        f"{supports['tools']}; json_schema {supports['json_schema']}; logprobs "
+        f"{supports['logprobs']}; reasoning {supports['reasoning']}; parameters "
+        f"{', '.join(supports['parameters'])}"
     )
     return 0
