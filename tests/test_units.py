@@ -29,9 +29,10 @@ async def _chunks(parts: list[str]) -> AsyncIterator[Chunk]:
 
 
 def _split_everywhere(text: str) -> list[list[str]]:
-    return [
-        [text[:i], text[i:j], text[j:]] for i in range(len(text)) for j in range(i, len(text), 3)
-    ]
+    """Every way to cut the text twice, and once into single characters."""
+    cuts = [[text[:i], text[i:j], text[j:]] for i in range(len(text) + 1)
+            for j in range(i, len(text) + 1)]
+    return [*cuts, list(text)]
 
 
 @pytest.mark.parametrize("parts", _split_everywhere("<think>plan it</think>\nThe answer."))
