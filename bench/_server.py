@@ -27,8 +27,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    config: dict[str, Any], *, extra_env: dict[str, str] | None = None
+    config: dict[str, Any], *, extra_env: dict[str, str] | None = None,
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
+    """A llmrelay server on a free port; yields its URL (and appends its pid to ``pids``)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
@@ -54,6 +56,8 @@ def running_server(
             stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}"
+        if pids is not None:
+            pids.append(process.pid)
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:

@@ -30,8 +30,11 @@ async def _chunks(parts: list[str]) -> AsyncIterator[Chunk]:
 
 def _split_everywhere(text: str) -> list[list[str]]:
     """Every way to cut the text twice, and once into single characters."""
-    cuts = [[text[:i], text[i:j], text[j:]] for i in range(len(text) + 1)
-            for j in range(i, len(text) + 1)]
+    cuts = [
+        [text[:i], text[i:j], text[j:]]
+        for i in range(len(text) + 1)
+        for j in range(i, len(text) + 1)
+    ]
     return [*cuts, list(text)]
 
 

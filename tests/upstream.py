@@ -90,6 +90,15 @@ def _json(writer: asyncio.StreamWriter, status: int, payload: Any, extra: str = 
     )
 
 
+def _json_pretty(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+    data = json.dumps(payload, indent=2).encode()
+    writer.write(
+        f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
+
+
 def chunk(
     body: dict[str, Any],
     delta: dict[str, Any],
@@ -223,7 +232,8 @@ async def _drip(writer: asyncio.StreamWriter, body: dict[str, Any], key: str) ->
 
 
 async def _whole_json(writer: asyncio.StreamWriter, body: dict[str, Any], key: str) -> None:
-    _json(
+    # Pretty-printed over many lines, as some servers that ignore "stream" answer.
+    _json_pretty(
         writer,
         200,
         {

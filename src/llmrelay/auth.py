@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -43,19 +44,37 @@ class Authenticator:
         self.keys = keys
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        """One database query per key per expiry, however many requests are waiting on it."""
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            record = await self.keys.lookup_digest(digest)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody is warned twice
+            raise
+        finally:
+            del self._inflight[digest]
+        future.set_result(record)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + self.cache_seconds, record)
+        return record
 
     async def authenticate(self, header_values: Sequence[str]) -> KeyRecord:
         token = bearer_token(header_values)
         digest = hash_secret(token)  # the cache holds digests, never secrets
-        now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             record = cached[1]
         else:
-            record = await self.keys.lookup_digest(digest)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self.cache_seconds, record)
+            record = await self._lookup(digest)
         if record is None or not record.usable():
             shown = token[:6] + "…" if len(token) > 6 else "…"
             raise AuthenticationError(

@@ -87,6 +87,23 @@ async def _checked_address(url: str, param: str, policy: FetchPolicy) -> tuple[s
     return parts.hostname, addresses[0]
 
 
+class MediaFetcher:
+    """Fetches media under a :class:`FetchPolicy` with its own HTTP client."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self._client: httpx.AsyncClient | None = None
+
+    async def data_uri(self, url: str, *, param: str, media: str) -> str:
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False)
+        return await fetch_data_uri(self._client, url, param=param, media=media, policy=self.policy)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
 async def fetch_data_uri(
     client: httpx.AsyncClient, url: str, *, param: str, media: str, policy: FetchPolicy
 ) -> str:

@@ -116,7 +116,7 @@ async def delete_channel(request: Request) -> Response:
 async def test_channel(request: Request) -> Response:
     ctx = await _admin(request)
     config, _ = await _find(ctx, request.path_params["name"])
-    result = await probe(config, ctx.channels.client, ctx.channels.estimate)
+    result = await probe(config, ctx.channels.session, ctx.channels.estimate)
     return JSONResponse(result.to_wire())
 
 

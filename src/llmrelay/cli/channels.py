@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import get_args
 
-import httpx
+import aiohttp
 from pydantic import SecretStr, ValidationError
 
 from llmrelay.accounting.tokens import TokenEstimator
@@ -140,10 +140,8 @@ async def _test(config: ChannelConfig) -> int:
     """A real round trip to the channel's first model; reports latency and capabilities."""
     estimator = TokenEstimator()
     try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(config.connect_timeout, read=None)
-        ) as client:
-            result = await probe(config, client, estimator)
+        async with aiohttp.ClientSession() as session:
+            result = await probe(config, session, estimator)
     finally:
         estimator.close()
     if not result.ok:

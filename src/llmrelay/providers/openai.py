@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from llmrelay.errors import (
@@ -24,7 +24,7 @@ from llmrelay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from llmrelay.media import FetchPolicy, fetch_data_uri
+from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.base import ModelInfo
 from llmrelay.providers.openai_wire import build_body
 from llmrelay.providers.profiles import PROFILES, capabilities_for
@@ -60,16 +60,19 @@ class OpenAIProvider:
     def __init__(
         self,
         config: ChannelConfig,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         estimate: Estimate,
-        fetch_policy: FetchPolicy | None = None,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.config = config
-        self.fetch_policy = fetch_policy or FetchPolicy()
+        self.session = session
+        self.media = media or MediaFetcher(FetchPolicy())
         self.profile = PROFILES[config.flavor]
-        self.client = client
         self.estimate = estimate
         self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout
+        )
         caps = capabilities_for(config.flavor, config.capabilities)
         created = int(time.time())
         self._models = [
@@ -108,18 +111,20 @@ class OpenAIProvider:
         if self.profile.inline_images:
             request = await self._inline_images(request)
         body = build_body(request, self.config.upstream_model(model.id), self.profile)
-        upstream = self.client.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers=self._headers()
-        )
         try:
             async with asyncio.timeout(self.config.first_byte_timeout):
-                response = await self.client.send(upstream, stream=True)
+                response = await self.session.post(
+                    self.url,
+                    data=orjson.dumps(body),
+                    headers=self._headers(),
+                    timeout=self._timeout,
+                )
         except TimeoutError:
-            raise self._timeout("did not answer") from None
-        except httpx.HTTPError as exc:
+            raise self._late("did not answer") from None
+        except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from None
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 raise await self._error(response)
             decoder = _Decoder(request, self.estimate)
             done = False
@@ -135,7 +140,7 @@ class OpenAIProvider:
             for chunk in decoder.finish():
                 yield chunk
         finally:
-            await response.aclose()
+            response.release()
 
     async def _inline_images(self, request: ChatRequest) -> ChatRequest:
         """A copy of the request whose image URLs are data: URIs (this upstream needs them)."""
@@ -143,12 +148,8 @@ class OpenAIProvider:
         for i, message in enumerate(request.messages):
             for j, part in enumerate(message.content):
                 if isinstance(part, ImagePart) and not part.url.startswith("data:"):
-                    jobs[(i, j)] = fetch_data_uri(
-                        self.client,
-                        part.url,
-                        param=f"messages[{i}].content[{j}]",
-                        media="image",
-                        policy=self.fetch_policy,
+                    jobs[(i, j)] = self.media.data_uri(
+                        part.url, param=f"messages[{i}].content[{j}]", media="image"
                     )
         if not jobs:
             return request
@@ -165,61 +166,95 @@ class OpenAIProvider:
         ]
         return replace(request, messages=messages)
 
-    async def _payloads(self, response: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
-        """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event."""
-        lines = response.aiter_lines()
+    async def _payloads(
+        self, response: aiohttp.ClientResponse
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event.
+
+        Reads whatever bytes have arrived and splits them into lines itself: one await (and
+        one timeout) per network read rather than per line.
+        """
+        if response.content_type == "application/json":  # an upstream that ignored stream
+            try:
+                async with asyncio.timeout(self.config.first_byte_timeout):
+                    body = await response.read()
+            except TimeoutError:
+                raise self._late("did not answer") from None
+            except aiohttp.ClientError as exc:
+                raise self._broken(f"the answer was cut ({type(exc).__name__})") from None
+            payload = self._event(body.strip())
+            if payload is not None:
+                yield payload
+            return
+        buffer = b""
         first = True
         while True:
             limit = self.config.first_byte_timeout if first else self.config.idle_timeout
             try:
                 async with asyncio.timeout(limit):
-                    line = await anext(lines)
-            except StopAsyncIteration:
-                return
+                    data = await response.content.readany()
             except TimeoutError:
-                raise self._timeout(
-                    "stalled mid-stream" if not first else "did not answer"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise self._broken(
-                    f"the connection failed mid-stream ({type(exc).__name__})"
-                ) from None
-            first = False
-            line = line.strip()
-            if not line or line.startswith((":", "event:", "id:", "retry:")):
-                continue
-            data = line[5:].strip() if line.startswith("data:") else line
-            if data == "[DONE]":
-                yield None
+                what = "stalled mid-stream" if not first else "did not answer"
+                raise self._late(what) from None
+            except aiohttp.ClientError as exc:
+                why = f"the connection failed mid-stream ({type(exc).__name__})"
+                raise self._broken(why) from None
+            if not data:
+                if buffer.strip():
+                    payload = self._event(buffer.strip())
+                    if payload is not None:
+                        yield payload
                 return
-            try:
-                payload = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise self._broken(f"it sent a malformed event: {data[:80]!r}") from None
-            if not isinstance(payload, dict):
-                raise self._broken("it sent an event that is not a JSON object")
-            if "error" in payload:
-                raise _mapped(self.name, 502, payload, mid_stream=True)
-            yield payload
+            first = False
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.strip()
+                if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
+                    continue
+                payload = self._event(line)
+                if payload is None:
+                    await _drain(response)
+                    yield None
+                    return
+                yield payload
 
-    async def _error(self, response: httpx.Response) -> LLMRelayError:
-        raw = await response.aread()
+    def _event(self, line: bytes) -> dict[str, Any] | None:
+        """One ``data:`` line (or a bare JSON body) as a payload; None for ``[DONE]``."""
+        data = line[5:].strip() if line.startswith(b"data:") else line
+        if data == b"[DONE]":
+            return None
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise self._broken(f"it sent a malformed event: {data[:80]!r}") from None
+        if not isinstance(payload, dict):
+            raise self._broken("it sent an event that is not a JSON object")
+        if "error" in payload:
+            raise _mapped(self.name, 502, payload, mid_stream=True)
+        return payload
+
+    async def _error(self, response: aiohttp.ClientResponse) -> LLMRelayError:
+        try:
+            raw = await response.read()
+        except aiohttp.ClientError:
+            raw = b""
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             payload = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
-        error = _mapped(self.name, response.status_code, payload, mid_stream=False)
-        retry_after = response.headers.get("retry-after")
+        error = _mapped(self.name, response.status, payload, mid_stream=False)
+        retry_after = response.headers.get("Retry-After")
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             error.retry_after = float(retry_after)
         return error
 
-    def _timeout(self, what: str) -> UpstreamTimeout:
+    def _late(self, what: str) -> UpstreamTimeout:
         return UpstreamTimeout(
             f"The upstream channel '{self.name}' {what} in time.", retryable=True
         )
 
-    def _unreachable(self, exc: httpx.HTTPError) -> UpstreamError:
+    def _unreachable(self, exc: aiohttp.ClientError) -> UpstreamError:
         return UpstreamError(
             f"The upstream channel '{self.name}' could not be reached ({type(exc).__name__}).",
             code="upstream_unreachable",
@@ -232,6 +267,16 @@ class OpenAIProvider:
             code="upstream_protocol_error",
             retryable=True,
         )
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what follows [DONE] so the connection goes back to the pool instead of closing."""
+    try:
+        async with asyncio.timeout(1.0):
+            while await response.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass
 
 
 def _mapped(channel: str, status: int, payload: Any, *, mid_stream: bool) -> LLMRelayError:

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
+import aiohttp
 import orjson
 
 from llmrelay.accounting.tokens import TokenEstimator
 from llmrelay.engine.provider import LocalProvider
-from llmrelay.media import FetchPolicy
+from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.openai import OpenAIProvider
 from llmrelay.routing.router import Route, Router
 from llmrelay.settings import ChannelConfig, Settings
@@ -23,14 +23,14 @@ LOCAL_PRIORITY = 1_000_000  # a local model answers before any channel serving t
 
 def build_provider(
     config: ChannelConfig,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     estimate: TokenEstimator,
-    fetch_policy: FetchPolicy,
+    media: MediaFetcher,
 ) -> OpenAIProvider | None:
     if config.type != "openai":
         log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
         return None
-    return OpenAIProvider(config, client, estimate, fetch_policy)
+    return OpenAIProvider(config, session, estimate, media)
 
 
 class ChannelManager:
@@ -42,16 +42,27 @@ class ChannelManager:
         self.local = local
         self.store = store
         self.estimate = TokenEstimator()
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        self.media = MediaFetcher(
+            FetchPolicy.from_settings(
+                settings.media_fetch_allow,
+                settings.media_max_bytes,
+                settings.media_timeout_seconds,
+            )
         )
-        self.fetch_policy = FetchPolicy.from_settings(
-            settings.media_fetch_allow, settings.media_max_bytes, settings.media_timeout_seconds
-        )
+        self._session: aiohttp.ClientSession | None = None
         self.channels: list[ChannelConfig] = []
         self._fingerprint = b""
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """One pooled upstream session, made inside the running loop on first use."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
+                auto_decompress=True,
+            )
+        return self._session
 
     async def refresh(self) -> bool:
         """Reload channels from the config and the database; rebuild routes if they changed."""
@@ -69,7 +80,7 @@ class ChannelManager:
         ]
         for config in channels:
             provider = (
-                build_provider(config, self.client, self.estimate, self.fetch_policy)
+                build_provider(config, self.session, self.estimate, self.media)
                 if config.enabled
                 else None
             )
@@ -100,5 +111,7 @@ class ChannelManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+        await self.media.close()
         self.estimate.close()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from llmrelay.errors import LLMRelayError
 from llmrelay.providers.openai import OpenAIProvider
@@ -35,9 +35,9 @@ class ProbeResult:
 
 
 async def probe(
-    config: ChannelConfig, client: httpx.AsyncClient, estimate: Callable[[str], int]
+    config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
 ) -> ProbeResult:
-    provider = OpenAIProvider(config, client, estimate)
+    provider = OpenAIProvider(config, session, estimate)
     info = provider.models()[0]
     caps = info.capabilities
     result = ProbeResult(

@@ -161,18 +161,27 @@ class KeyStore:
         return await self.lookup_digest(hash_secret(secret))
 
     async def lookup_digest(self, digest: str) -> KeyRecord | None:
-        async with self.db.session() as session:
-            row = (
-                await session.execute(
-                    select(ApiKey, User)
-                    .join(User, ApiKey.user_id == User.id)
-                    .where(ApiKey.secret_hash == digest)
-                )
-            ).first()
+        # Core, not an ORM session: this runs for every key-cache miss on the request path.
+        query = (
+            select(ApiKey.__table__, User.name.label("user_name"), User.role, User.disabled_at)
+            .join(User.__table__, ApiKey.user_id == User.id)
+            .where(ApiKey.secret_hash == digest)
+        )
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
-        key, user = row.tuple()
         # The index lookup already matched; compare again in constant time all the same.
-        if not hmac.compare_digest(key.secret_hash, digest) or user.disabled_at is not None:
+        if not hmac.compare_digest(row["secret_hash"], digest) or row["disabled_at"] is not None:
             return None
-        return _record(key, user)
+        return KeyRecord(
+            id=row["id"],
+            name=row["name"],
+            prefix=row["prefix"],
+            user=row["user_name"],
+            role=row["role"],
+            models=tuple(row["models"]) if row["models"] is not None else None,
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+            expires_at=row["expires_at"],
+        )

@@ -1,0 +1,72 @@
+"""A fast OpenAI-compatible upstream for relay benchmarks: raw asyncio on uvloop, keep-alive.
+
+Answers every POST with a fixed completion: JSON, or SSE with ``max_tokens`` content chunks
+(one word each) when the body asks to stream.
+
+    python -m bench.fast_upstream PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import uvloop
+
+_JSON = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."},
+                 "finish_reason": "stop", "logprobs": None}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).encode()
+
+
+def _chunk(delta: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": finish}
+    return b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
+                                   "created": 1, "model": "bench",
+                                   "choices": [choice]}).encode() + b"\n\n"
+
+
+_USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,'
+          b'"model":"bench","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,'
+          b'"total_tokens":13}}\n\n')
+
+
+def sse_body(chunks: int) -> bytes:
+    return b"".join([_chunk("", None).replace(b'"delta": {}', b'"delta": {"role": "assistant"}'),
+                     *(_chunk(" word") for _ in range(chunks)), _chunk("", "stop"), _USAGE,
+                     b"data: [DONE]\n\n"])
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    cache: dict[int, bytes] = {}
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = json.loads(await reader.readexactly(length)) if length else {}
+            if body.get("stream"):
+                chunks = int(body.get("max_tokens") or body.get("max_completion_tokens") or 3)
+                payload = cache.get(chunks) or cache.setdefault(chunks, sse_body(chunks))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
+                             + payload)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(_JSON)).encode() + b"\r\n\r\n" + _JSON)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def main(port: int) -> None:
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1])))
