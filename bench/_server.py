@@ -27,7 +27,9 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    config: dict[str, Any], *, extra_env: dict[str, str] | None = None,
+    config: dict[str, Any],
+    *,
+    extra_env: dict[str, str] | None = None,
     pids: list[int] | None = None,
 ) -> Iterator[str]:
     """A llmrelay server on a free port; yields its URL (and appends its pid to ``pids``)."""

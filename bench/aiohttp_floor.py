@@ -1,6 +1,6 @@
 """The floor a Python relay reaches here: check a key, forward, relay the body as it comes.
 
-    python -m bench.aiohttp_floor PORT UPSTREAM_URL KEY
+python -m bench.aiohttp_floor PORT UPSTREAM_URL KEY
 """
 
 import sys
@@ -16,10 +16,13 @@ async def relay(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": "bad key"}}, status=401)
     body = await request.read()
     session: aiohttp.ClientSession = request.app["session"]
-    async with session.post(UPSTREAM, data=body,
-                            headers={"Content-Type": "application/json"}) as upstream:
-        response = web.StreamResponse(status=upstream.status, headers={
-            "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+    async with session.post(
+        UPSTREAM, data=body, headers={"Content-Type": "application/json"}
+    ) as upstream:
+        response = web.StreamResponse(
+            status=upstream.status,
+            headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")},
+        )
         await response.prepare(request)
         async for part in upstream.content.iter_any():
             await response.write(part)

@@ -14,29 +14,59 @@ import sys
 
 import uvloop
 
-_JSON = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."},
-                 "finish_reason": "stop", "logprobs": None}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).encode()
+_JSON = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there."},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }
+).encode()
 
 
 def _chunk(delta: str, finish: str | None = None) -> bytes:
     choice = {"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": finish}
-    return b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                                   "created": 1, "model": "bench",
-                                   "choices": [choice]}).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "bench",
+                "choices": [choice],
+            }
+        ).encode()
+        + b"\n\n"
+    )
 
 
-_USAGE = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,'
-          b'"model":"bench","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,'
-          b'"total_tokens":13}}\n\n')
+_USAGE = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,'
+    b'"model":"bench","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,'
+    b'"total_tokens":13}}\n\n'
+)
 
 
 def sse_body(chunks: int) -> bytes:
-    return b"".join([_chunk("", None).replace(b'"delta": {}', b'"delta": {"role": "assistant"}'),
-                     *(_chunk(" word") for _ in range(chunks)), _chunk("", "stop"), _USAGE,
-                     b"data: [DONE]\n\n"])
+    return b"".join(
+        [
+            _chunk("", None).replace(b'"delta": {}', b'"delta": {"role": "assistant"}'),
+            *(_chunk(" word") for _ in range(chunks)),
+            _chunk("", "stop"),
+            _USAGE,
+            b"data: [DONE]\n\n",
+        ]
+    )
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -52,12 +82,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             if body.get("stream"):
                 chunks = int(body.get("max_tokens") or body.get("max_completion_tokens") or 3)
                 payload = cache.get(chunks) or cache.setdefault(chunks, sse_body(chunks))
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
-                             + payload)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+                )
             else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: " + str(len(_JSON)).encode() + b"\r\n\r\n" + _JSON)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(_JSON)).encode() + b"\r\n\r\n" + _JSON
+                )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()

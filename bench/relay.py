@@ -31,8 +31,9 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 @contextmanager
 def process(*args: str, ready_url: str) -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -54,15 +55,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk(url: str, body: dict[str, object], connections: int, seconds: int) -> dict[str, float]:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(f"wrk.method = 'POST'\nwrk.body = '{json.dumps(body)}'\n"
-                 "wrk.headers['Content-Type'] = 'application/json'\n"
-                 f"wrk.headers['Authorization'] = 'Bearer {ADMIN_KEY}'\n")
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            f"wrk.method = 'POST'\nwrk.body = '{json.dumps(body)}'\n"
+            "wrk.headers['Content-Type'] = 'application/json'\n"
+            f"wrk.headers['Authorization'] = 'Bearer {ADMIN_KEY}'\n"
+        )
     threads = min(2, connections)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     assert "Non-2xx" not in out, out
 
@@ -78,8 +92,12 @@ def wrk(url: str, body: dict[str, object], connections: int, seconds: int) -> di
 
 
 def long_streams(url: str, pid: int | None, chunks: int, runs: int) -> dict[str, float]:
-    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": chunks, "stream": True}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": chunks,
+        "stream": True,
+    }
     ttft, cpu = [], []
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
         for _ in range(runs):
@@ -107,16 +125,23 @@ def main() -> None:
     args = parser.parse_args()
     up_port, floor_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
-    config = {"local_models": [{"n_ctx": 256, "n_threads": 1}],
-              "channels": [{"name": "bench", "base_url": upstream, "models": ["bench"]}],
-              "log_level": "warning"}
+    config = {
+        "local_models": [{"n_ctx": 256, "n_threads": 1}],
+        "channels": [{"name": "bench", "base_url": upstream, "models": ["bench"]}],
+        "log_level": "warning",
+    }
     pids: list[int] = []
-    with process("bench.fast_upstream", str(up_port),
-                 ready_url=upstream + "/chat/completions"), \
-            process("bench.aiohttp_floor", str(floor_port), upstream + "/chat/completions",
-                    ADMIN_KEY, ready_url=f"http://127.0.0.1:{floor_port}/v1/chat/completions"
-                    ) as floor_pid, \
-            running_server(config, pids=pids) as relay_url:
+    with (
+        process("bench.fast_upstream", str(up_port), ready_url=upstream + "/chat/completions"),
+        process(
+            "bench.aiohttp_floor",
+            str(floor_port),
+            upstream + "/chat/completions",
+            ADMIN_KEY,
+            ready_url=f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+        ) as floor_pid,
+        running_server(config, pids=pids) as relay_url,
+    ):
         targets = {
             "direct upstream": (upstream + "/chat/completions", None),
             "aiohttp floor": (f"http://127.0.0.1:{floor_port}/v1/chat/completions", floor_pid),
@@ -124,24 +149,39 @@ def main() -> None:
         }
         rows = []
         for stream in (False, True):
-            body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 3, "stream": stream}
+            body = {
+                "model": "bench",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3,
+                "stream": stream,
+            }
             for connections in (1, 32):
                 for name, (url, _) in targets.items():
                     wrk(url, body, connections, 2)  # warm-up
-                    rows.append((stream, connections, name,
-                                 wrk(url, body, connections, args.seconds)))
-        print(f"{'mode':<10} {'conc':>4} {'target':<16} {'req/s':>9} {'p50 ms':>8} "
-              f"{'p99 ms':>8} {'added p50':>10} {'vs floor':>9}")
+                    rows.append(
+                        (stream, connections, name, wrk(url, body, connections, args.seconds))
+                    )
+        print(
+            f"{'mode':<10} {'conc':>4} {'target':<16} {'req/s':>9} {'p50 ms':>8} "
+            f"{'p99 ms':>8} {'added p50':>10} {'vs floor':>9}"
+        )
         for stream, connections, name, r in rows:
-            direct = next(x for s, c, n, x in rows
-                          if s == stream and c == connections and n == "direct upstream")
-            floor = next(x for s, c, n, x in rows
-                         if s == stream and c == connections and n == "aiohttp floor")
+            direct = next(
+                x
+                for s, c, n, x in rows
+                if s == stream and c == connections and n == "direct upstream"
+            )
+            floor = next(
+                x
+                for s, c, n, x in rows
+                if s == stream and c == connections and n == "aiohttp floor"
+            )
             mode = "stream" if stream else "json"
-            print(f"{mode:<10} {connections:>4} {name:<16} {r['rps']:>9.0f} {r['p50']:>8.3f} "
-                  f"{r['p99']:>8.3f} {r['p50'] - direct['p50']:>10.3f} "
-                  f"{r['rps'] / floor['rps']:>9.2f}")
+            print(
+                f"{mode:<10} {connections:>4} {name:<16} {r['rps']:>9.0f} {r['p50']:>8.3f} "
+                f"{r['p99']:>8.3f} {r['p50'] - direct['p50']:>10.3f} "
+                f"{r['rps'] / floor['rps']:>9.2f}"
+            )
         print(f"\n{args.chunks}-chunk stream (median of 5): time to first token, relay CPU")
         for name, (url, pid) in targets.items():
             r = long_streams(url, pid, args.chunks, 5)
