@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def channels_for(up: FakeUpstream) -> list[dict[str, Any]]:
         channel("cut-good", up, "ok", ["cut-model"]),
         channel("late", up, "malformed-late", ["late-model"], **fast),
         channel("drip", up, "drip:2", ["drip-model"], **fast),
+        channel("long", up, "drip:0.2", ["long-model"]),
         channel("event", up, "error-event", ["event-model"], **fast),
         channel("client-error", up, "400", ["fo-400"], priority=1),
         channel("client-error-good", up, "ok", ["fo-400"]),
@@ -354,6 +356,25 @@ def test_vision_override_refuses_images(rhttp: httpx.Client) -> None:
     response = rhttp.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert check_error(response.json())["code"] == "image_not_supported"
+
+
+def test_client_disconnect_cancels_the_upstream_request(
+    relay: Server, upstream: FakeUpstream
+) -> None:
+    host, port = relay.url.removeprefix("http://").split(":")
+    payload = json.dumps(chat("Hi", model="long-model", stream=True)).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {relay.admin_key}\r\n".encode()
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        received = b""
+        while b"Hello" not in received:
+            received += sock.recv(65536)
+    # The upstream is still dripping (a chunk every 0.2 s); its next writes must fail.
+    wait_for(lambda: "drip:0.2" in upstream.aborted, timeout=3)
 
 
 # -- failover ------------------------------------------------------------------------------

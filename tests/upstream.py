@@ -27,6 +27,7 @@ class Recorded:
 class FakeUpstream:
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)  # keys whose client went away mid-answer
     loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -65,7 +66,10 @@ class FakeUpstream:
             body = json.loads(raw) if raw else {}
             self.requests.append(Recorded(path, headers, body))
             behaviour = headers.get("authorization", "Bearer ok").removeprefix("Bearer ")
-            await BEHAVIOURS.get(behaviour.split(":")[0], _ok)(writer, body, behaviour)
+            try:
+                await BEHAVIOURS.get(behaviour.split(":")[0], _ok)(writer, body, behaviour)
+            except ConnectionError:
+                self.aborted.append(behaviour)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
