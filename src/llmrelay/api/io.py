@@ -9,7 +9,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from llmrelay import jsonio
 from llmrelay.dialects.render import DONE, sse_error
@@ -53,23 +54,32 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``, cancelling it if the client disconnects first."""
-    task = asyncio.ensure_future(work)
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    One watcher task per request, which cancels the handler's own task on disconnect: cheaper
+    on the hot path than running the work in a second task and waiting on both.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        handler.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            handler.uncancel()
+            raise ClientGone() from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-    if task.cancelled():
-        raise ClientGone()
-    return task.result()
 
 
 class ChunkRenderer(Protocol):
@@ -78,7 +88,63 @@ class ChunkRenderer(Protocol):
     def render(self, chunk: Chunk) -> bytes: ...
 
 
-def event_stream(renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> StreamingResponse:
+class SSEResponse(Response):
+    """Server-sent events from an async iterator of bytes, on plain asyncio.
+
+    Starlette's StreamingResponse opens an anyio task group per response to notice a client
+    leaving (uvicorn speaks ASGI 2.3); one watcher task that cancels the stream does the same
+    job at a fraction of the cost, and the stream's ``finally`` blocks close the upstream.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:
+        # No Response.__init__: it would declare Content-Length for the empty initial body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        self.body_iterator = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streamer = asyncio.current_task()
+        assert streamer is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            streamer.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for data in self.body_iterator:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            streamer.uncancel()
+        except OSError:
+            pass  # the client went away while we were writing
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def event_stream(renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> SSEResponse:
     async def body() -> AsyncIterator[bytes]:
         try:
             yield renderer.start()
@@ -97,8 +163,4 @@ def event_stream(renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> Strea
             if aclose is not None:
                 await aclose()
 
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return SSEResponse(body())

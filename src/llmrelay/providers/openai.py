@@ -271,6 +271,8 @@ class OpenAIProvider:
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read what follows [DONE] so the connection goes back to the pool instead of closing."""
+    if response.content.at_eof():
+        return
     try:
         async with asyncio.timeout(1.0):
             while await response.content.readany():
