@@ -54,9 +54,8 @@ class CircuitBreaker:
 
     def failure(self, retry_after: float | None = None) -> None:
         self.failures += 1
+        if self.probing:  # the probe failed: stay out twice as long as last time
+            self.cooldown = min(self.cooldown * 2, self.max_cooldown)
         if self.probing or self.failures >= self.threshold or retry_after:
-            wait = max(self.cooldown, retry_after or 0.0)
-            self.open_until = self.clock() + wait
-            if self.probing:
-                self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+            self.open_until = self.clock() + max(self.cooldown, retry_after or 0.0)
         self.probing = False
