@@ -61,6 +61,8 @@ def channels_for(up: FakeUpstream) -> list[dict[str, Any]]:
         channel("busy-1", up, "429", ["busy"]),
         channel("busy-2", up, "429", ["busy"]),
         channel("slow-1", up, "hang", ["slow"], **fast),
+        channel("breaker-bad", up, "500:breaker", ["breaker-model"], priority=1, **fast),
+        channel("breaker-good", up, "ok", ["breaker-model"]),
     ]
     for fault in FAULTS:
         bad = channel(f"{fault}-bad", up, fault, [f"fo-{fault}"], priority=1, **fast)
@@ -400,17 +402,26 @@ def test_retry_after_keeps_a_rate_limited_channel_out(
 
 
 def test_circuit_opens_and_is_probed_back(rhttp: httpx.Client, upstream: FakeUpstream) -> None:
-    ok(rhttp, chat("Hi", model="fo-500"))  # may already be open from the failover test
-    time.sleep(1.2)
-    hits = len(upstream.bodies("500"))
-    for _ in range(4):
-        ok(rhttp, chat("Hi", model="fo-500"))
-    # half-open: exactly one probe went to the failing channel, then the circuit reopened
-    assert len(upstream.bodies("500")) - hits == 1
-    time.sleep(0.5)
-    for _ in range(3):
-        ok(rhttp, chat("Hi", model="fo-500"))
-    assert len(upstream.bodies("500")) - hits == 1  # cooldown doubled after a failed probe
+    def bad_hits() -> int:
+        return len(upstream.bodies("500:breaker"))
+
+    def send(times: int = 1) -> None:
+        for _ in range(times):
+            ok(rhttp, chat("Hi", model="breaker-model"))
+
+    send(2)  # two failures in a row (circuit_failures = 2): the circuit opens for 1 s
+    assert bad_hits() == 2
+    send(3)
+    assert bad_hits() == 2  # open: the failing channel is skipped
+    time.sleep(1.1)
+    send(2)
+    assert bad_hits() == 3  # half-open: exactly one probe; it failed, so open for 2 s
+    time.sleep(1.1)
+    send(2)
+    assert bad_hits() == 3  # the doubled cooldown still holds
+    time.sleep(1.0)
+    send(1)
+    assert bad_hits() == 4  # probed again after 2 s
 
 
 def test_client_errors_are_not_retried(rhttp: httpx.Client, upstream: FakeUpstream) -> None:
