@@ -86,6 +86,7 @@ class OpenAIProvider:
             for m in config.models
         ]
         self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self._upstream_names = {m.id: config.upstream_model(m.id) for m in self._models}
 
     @property
     def name(self) -> str:
@@ -110,7 +111,8 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
         if self.profile.inline_images:
             request = await self._inline_images(request)
-        body = build_body(request, self.config.upstream_model(model.id), self.profile)
+        upstream_name = self._upstream_names.get(model.id) or self.config.upstream_model(model.id)
+        body = build_body(request, upstream_name, self.profile)
         try:
             async with asyncio.timeout(self.config.first_byte_timeout):
                 response = await self.session.post(
