@@ -8,7 +8,8 @@ it is complete, so it may move on after any retryable failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from llmrelay import reasoning
 from llmrelay.errors import (
@@ -24,6 +25,7 @@ from llmrelay.routing.router import Route, Router
 from llmrelay.stream import Chunk, Completion, collect
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Gateway:
@@ -47,49 +49,52 @@ class Gateway:
             raise refusal
         return able
 
-    async def open(self, request: ChatRequest) -> tuple[ModelInfo, AsyncIterator[Chunk]]:
-        """Start a stream on the first route that produces a first chunk."""
+    async def _first_success(
+        self, request: ChatRequest, attempt: Callable[[Route], Awaitable[T]]
+    ) -> tuple[Route, T]:
+        """Try routes in order until ``attempt`` succeeds; retryable failures move on."""
         failures: list[tuple[Route, LLMRelayError | None]] = []
         for route in self._candidates(request):
             if route.breaker is not None and not route.breaker.allow():
                 failures.append((route, None))
                 continue
-            chunks = route.provider.stream(request, route.info)
             try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = None
+                result = await attempt(route)
             except LLMRelayError as exc:
-                await _close(chunks)
                 if not exc.retryable:
                     raise
                 self._failed(route, exc, failures)
                 continue
             if route.breaker is not None:
                 route.breaker.success()
-            return route.info, self._finish(request, route, first, chunks)
+            return route, result
         raise all_failed(request.model, failures)
 
-    async def complete(self, request: ChatRequest) -> tuple[ModelInfo, Completion]:
-        failures: list[tuple[Route, LLMRelayError | None]] = []
-        for route in self._candidates(request):
-            if route.breaker is not None and not route.breaker.allow():
-                failures.append((route, None))
-                continue
+    async def open(self, request: ChatRequest) -> tuple[ModelInfo, AsyncIterator[Chunk]]:
+        """Start a stream on the first route that produces a first chunk."""
+
+        async def start(route: Route) -> tuple[Chunk | None, AsyncIterator[Chunk]]:
+            chunks = route.provider.stream(request, route.info)
             try:
-                chunks = self._post_process(
-                    request, route.info, route.provider.stream(request, route.info)
-                )
-                completion = await collect(chunks, request.n)
-            except LLMRelayError as exc:
-                if not exc.retryable:
-                    raise
-                self._failed(route, exc, failures)
-                continue
-            if route.breaker is not None:
-                route.breaker.success()
-            return route.info, completion
-        raise all_failed(request.model, failures)
+                return await anext(chunks), chunks
+            except StopAsyncIteration:
+                return None, chunks
+            except LLMRelayError:
+                await _close(chunks)
+                raise
+
+        route, (first, rest) = await self._first_success(request, start)
+        return route.info, self._finish(request, route, first, rest)
+
+    async def complete(self, request: ChatRequest) -> tuple[ModelInfo, Completion]:
+        """The whole answer; nothing has reached the client, so any route may take over."""
+
+        async def run(route: Route) -> Completion:
+            stream = route.provider.stream(request, route.info)
+            return await collect(self._post_process(request, route.info, stream), request.n)
+
+        route, completion = await self._first_success(request, run)
+        return route.info, completion
 
     def _failed(
         self, route: Route, error: LLMRelayError, failures: list[tuple[Route, LLMRelayError | None]]
