@@ -69,6 +69,22 @@ def sse_body(chunks: int) -> bytes:
     )
 
 
+async def drip(writer: asyncio.StreamWriter, chunks: int) -> None:
+    """A slow stream (a chunk every 20 ms) in chunked encoding, to hold many streams open."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for part in [_chunk(" word") for _ in range(chunks)] + [
+        _chunk("", "stop"),
+        _USAGE,
+        b"data: [DONE]\n\n",
+    ]:
+        writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    writer.write(b"0\r\n\r\n")
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     cache: dict[int, bytes] = {}
     try:
@@ -79,7 +95,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             body = json.loads(await reader.readexactly(length)) if length else {}
-            if body.get("stream"):
+            if body.get("stream") and body.get("model") == "drip":
+                await drip(writer, int(body.get("max_tokens") or 100))
+            elif body.get("stream"):
                 chunks = int(body.get("max_tokens") or body.get("max_completion_tokens") or 3)
                 payload = cache.get(chunks) or cache.setdefault(chunks, sse_body(chunks))
                 writer.write(
