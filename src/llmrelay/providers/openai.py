@@ -17,17 +17,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmrelay.errors import (
-    InvalidRequest,
-    LLMRelayError,
-    ServiceUnavailable,
-    UpstreamError,
-    UpstreamTimeout,
-)
 from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.base import ModelInfo
 from llmrelay.providers.openai_wire import build_body
 from llmrelay.providers.profiles import PROFILES, capabilities_for
+from llmrelay.providers.transport import ChannelTransport
 from llmrelay.request import ChatRequest, ImagePart
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import (
@@ -70,9 +64,7 @@ class OpenAIProvider:
         self.profile = PROFILES[config.flavor]
         self.estimate = estimate
         self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout
-        )
+        self.http = ChannelTransport(config, session)
         caps = capabilities_for(config.flavor, config.capabilities)
         created = int(time.time())
         self._models = [
@@ -113,24 +105,11 @@ class OpenAIProvider:
             request = await self._inline_images(request)
         upstream_name = self._upstream_names.get(model.id) or self.config.upstream_model(model.id)
         body = build_body(request, upstream_name, self.profile)
+        response = await self.http.post(self.url, body, self._headers())
         try:
-            async with asyncio.timeout(self.config.first_byte_timeout):
-                response = await self.session.post(
-                    self.url,
-                    data=orjson.dumps(body),
-                    headers=self._headers(),
-                    timeout=self._timeout,
-                )
-        except TimeoutError:
-            raise self._late("did not answer") from None
-        except aiohttp.ClientError as exc:
-            raise self._unreachable(exc) from None
-        try:
-            if response.status >= 400:
-                raise await self._error(response)
             decoder = _Decoder(request, self.estimate)
             done = False
-            async for payload in self._payloads(response):
+            async for payload in self.http.payloads(response):
                 if payload is None:
                     done = True
                     break
@@ -138,7 +117,7 @@ class OpenAIProvider:
                     yield chunk
             if not done and len(decoder.finished) < request.n:
                 # A connection that closes without [DONE] or a finish_reason was cut.
-                raise self._broken("the stream ended before it was complete")
+                raise self.http.broken("the stream ended before it was complete")
             for chunk in decoder.finish():
                 yield chunk
         finally:
@@ -167,150 +146,6 @@ class OpenAIProvider:
             for i, m in enumerate(request.messages)
         ]
         return replace(request, messages=messages)
-
-    async def _payloads(
-        self, response: aiohttp.ClientResponse
-    ) -> AsyncIterator[dict[str, Any] | None]:
-        """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event.
-
-        Reads whatever bytes have arrived and splits them into lines itself: one await (and
-        one timeout) per network read rather than per line.
-        """
-        if response.content_type == "application/json":  # an upstream that ignored stream
-            try:
-                async with asyncio.timeout(self.config.first_byte_timeout):
-                    body = await response.read()
-            except TimeoutError:
-                raise self._late("did not answer") from None
-            except aiohttp.ClientError as exc:
-                raise self._broken(f"the answer was cut ({type(exc).__name__})") from None
-            payload = self._event(body.strip())
-            if payload is not None:
-                yield payload
-            return
-        buffer = b""
-        first = True
-        while True:
-            limit = self.config.first_byte_timeout if first else self.config.idle_timeout
-            try:
-                async with asyncio.timeout(limit):
-                    data = await response.content.readany()
-            except TimeoutError:
-                what = "stalled mid-stream" if not first else "did not answer"
-                raise self._late(what) from None
-            except aiohttp.ClientError as exc:
-                why = f"the connection failed mid-stream ({type(exc).__name__})"
-                raise self._broken(why) from None
-            if not data:
-                if buffer.strip():
-                    payload = self._event(buffer.strip())
-                    if payload is not None:
-                        yield payload
-                return
-            first = False
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.strip()
-                if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
-                    continue
-                payload = self._event(line)
-                if payload is None:
-                    await _drain(response)
-                    yield None
-                    return
-                yield payload
-
-    def _event(self, line: bytes) -> dict[str, Any] | None:
-        """One ``data:`` line (or a bare JSON body) as a payload; None for ``[DONE]``."""
-        data = line[5:].strip() if line.startswith(b"data:") else line
-        if data == b"[DONE]":
-            return None
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise self._broken(f"it sent a malformed event: {data[:80]!r}") from None
-        if not isinstance(payload, dict):
-            raise self._broken("it sent an event that is not a JSON object")
-        if "error" in payload:
-            raise _mapped(self.name, 502, payload, mid_stream=True)
-        return payload
-
-    async def _error(self, response: aiohttp.ClientResponse) -> LLMRelayError:
-        try:
-            raw = await response.read()
-        except aiohttp.ClientError:
-            raw = b""
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            payload = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
-        error = _mapped(self.name, response.status, payload, mid_stream=False)
-        retry_after = response.headers.get("Retry-After")
-        if retry_after and retry_after.replace(".", "", 1).isdigit():
-            error.retry_after = float(retry_after)
-        return error
-
-    def _late(self, what: str) -> UpstreamTimeout:
-        return UpstreamTimeout(
-            f"The upstream channel '{self.name}' {what} in time.", retryable=True
-        )
-
-    def _unreachable(self, exc: aiohttp.ClientError) -> UpstreamError:
-        return UpstreamError(
-            f"The upstream channel '{self.name}' could not be reached ({type(exc).__name__}).",
-            code="upstream_unreachable",
-            retryable=True,
-        )
-
-    def _broken(self, why: str) -> UpstreamError:
-        return UpstreamError(
-            f"The upstream channel '{self.name}' failed: {why}.",
-            code="upstream_protocol_error",
-            retryable=True,
-        )
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read what follows [DONE] so the connection goes back to the pool instead of closing."""
-    if response.content.at_eof():
-        return
-    try:
-        async with asyncio.timeout(1.0):
-            while await response.content.readany():
-                pass
-    except (TimeoutError, aiohttp.ClientError):
-        pass
-
-
-def _mapped(channel: str, status: int, payload: Any, *, mid_stream: bool) -> LLMRelayError:
-    """An upstream error as one of ours. Client mistakes pass through; the rest may fail over."""
-    detail = payload.get("error") if isinstance(payload, dict) else None
-    if not isinstance(detail, dict):
-        detail = {"message": str(detail or payload)[:300]}
-    message = str(detail.get("message") or "no message")[:500]
-    param = detail.get("param") if isinstance(detail.get("param"), str) else None
-    if status in (400, 413, 422) and not mid_stream:
-        return InvalidRequest(
-            f"The upstream refused the request: {message}",
-            param=param,
-            code="upstream_invalid_request",
-        )
-    if status == 429:
-        return ServiceUnavailable(
-            f"The upstream channel '{channel}' is rate limited: {message}",
-            code="upstream_rate_limited",
-            retryable=True,
-        )
-    if status >= 500 or status in (401, 403, 404, 408):
-        return UpstreamError(
-            f"The upstream channel '{channel}' failed ({status}): {message}",
-            code="upstream_error",
-            retryable=True,
-        )
-    return UpstreamError(
-        f"The upstream channel '{channel}' failed: {message}", code="upstream_error", retryable=True
-    )
 
 
 class _Decoder:
