@@ -103,6 +103,11 @@ PROFILES: dict[Flavor, WireProfile] = {
 def capabilities_for(flavor: Flavor, overrides: CapabilityOverrides) -> Capabilities:
     profile = PROFILES[flavor]
     caps = replace(profile.capabilities, sampling=profile.sampling & profile.capabilities.sampling)
+    return apply_overrides(caps, overrides)
+
+
+def apply_overrides(caps: Capabilities, overrides: CapabilityOverrides) -> Capabilities:
+    """A channel's capability overrides on top of its provider's profile."""
     modalities = list(caps.input_modalities)
     for name, flag in (
         ("image", overrides.vision),

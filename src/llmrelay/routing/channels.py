@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -12,6 +13,8 @@ import orjson
 from llmrelay.accounting.tokens import TokenEstimator
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.media import FetchPolicy, MediaFetcher
+from llmrelay.providers.anthropic import AnthropicProvider
+from llmrelay.providers.base import Provider
 from llmrelay.providers.openai import OpenAIProvider
 from llmrelay.routing.router import Route, Router
 from llmrelay.settings import ChannelConfig, Settings
@@ -24,13 +27,15 @@ LOCAL_PRIORITY = 1_000_000  # a local model answers before any channel serving t
 def build_provider(
     config: ChannelConfig,
     session: aiohttp.ClientSession,
-    estimate: TokenEstimator,
+    estimate: Callable[[str], int],
     media: MediaFetcher,
-) -> OpenAIProvider | None:
-    if config.type != "openai":
-        log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
-        return None
-    return OpenAIProvider(config, session, estimate, media)
+) -> Provider | None:
+    if config.type == "openai":
+        return OpenAIProvider(config, session, estimate, media)
+    if config.type == "anthropic":
+        return AnthropicProvider(config, session, estimate)
+    log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
+    return None
 
 
 class ChannelManager:

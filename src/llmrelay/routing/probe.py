@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from llmrelay.errors import LLMRelayError
-from llmrelay.providers.openai import OpenAIProvider
+from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.request import ChatRequest, Message, TextPart
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import Chunk, collect
@@ -37,7 +37,11 @@ class ProbeResult:
 async def probe(
     config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
 ) -> ProbeResult:
-    provider = OpenAIProvider(config, session, estimate)
+    from llmrelay.routing.channels import build_provider
+
+    provider = build_provider(config, session, estimate, MediaFetcher(FetchPolicy()))
+    if provider is None:
+        raise ValueError(f"channel {config.name!r}: provider type {config.type!r} is unavailable")
     info = provider.models()[0]
     caps = info.capabilities
     result = ProbeResult(

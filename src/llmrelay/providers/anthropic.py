@@ -1,0 +1,192 @@
+"""The ``anthropic`` provider type: Anthropic's Messages API behind a channel.
+
+Its stream is ``message_start``, then per content block ``content_block_start``,
+``content_block_delta`` (``text_delta``, ``input_json_delta``, ``thinking_delta``) and
+``content_block_stop``, then ``message_delta`` (stop reason, output tokens) and
+``message_stop``; each becomes typed chunks as it arrives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+
+from llmrelay.providers.anthropic_wire import ANTHROPIC_VERSION, build_body
+from llmrelay.providers.base import ALL_SAMPLING, Capabilities, ModelInfo
+from llmrelay.providers.profiles import apply_overrides
+from llmrelay.providers.transport import ChannelTransport
+from llmrelay.request import ChatRequest
+from llmrelay.settings import ChannelConfig
+from llmrelay.stream import (
+    Chunk,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+CAPABILITIES = Capabilities(
+    input_modalities=("text", "image"),
+    logprobs=False,
+    json_schema=False,
+    max_n=1,
+    sampling=ALL_SAMPLING & {"temperature", "top_p", "top_k", "stop"},
+    reasoning=True,
+    context_length=200_000,
+)
+_STOP: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+
+
+class AnthropicProvider:
+    def __init__(
+        self, config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
+    ) -> None:
+        self.config = config
+        self.http = ChannelTransport(config, session)
+        self.estimate = estimate
+        self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
+        caps = apply_overrides(CAPABILITIES, config.capabilities)
+        created = int(time.time())
+        self._models = [
+            ModelInfo(
+                id=m,
+                owned_by=config.name,
+                capabilities=caps,
+                created=created,
+                description=f"served by channel {config.name}",
+            )
+            for m in config.models
+        ]
+        base = config.base_url.rstrip("/")
+        self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._models)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "x-api-key": next(self._keys),
+            "anthropic-version": ANTHROPIC_VERSION,
+        }
+
+    async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
+        body = build_body(request, self.config.upstream_model(model.id))
+        response = await self.http.post(self.url, body, self._headers())
+        try:
+            decoder = _Decoder(request, self.estimate)
+            async for payload in self.http.payloads(response):
+                if payload is None:
+                    break
+                for chunk in decoder.feed(payload):
+                    yield chunk
+                if decoder.stopped:
+                    break
+            if not decoder.stopped:
+                raise self.http.broken("the stream ended before message_stop")
+            yield decoder.usage()
+        finally:
+            response.release()
+
+
+class _Decoder:
+    def __init__(self, request: ChatRequest, estimate: Callable[[str], int]) -> None:
+        self.request = request
+        self.estimate = estimate
+        self.calls: dict[int, int] = {}  # content block index -> tool call index
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.cache_created = 0
+        self.stopped = False
+        self.finished = False
+
+    def feed(self, payload: dict[str, Any]) -> list[Chunk]:
+        kind = payload.get("type")
+        if kind == "message_start":
+            self._count((payload.get("message") or {}).get("usage") or {})
+        elif kind == "content_block_start":
+            return self._block_start(
+                int(payload.get("index", 0)), payload.get("content_block") or {}
+            )
+        elif kind == "content_block_delta":
+            return self._delta(int(payload.get("index", 0)), payload.get("delta") or {})
+        elif kind == "message_delta":
+            self._count(payload.get("usage") or {})
+            reason = (payload.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.finished = True
+                return [Finish(0, _STOP.get(str(reason), "stop"))]
+        elif kind == "message_stop":
+            self.stopped = True
+            if not self.finished:
+                self.finished = True
+                return [Finish(0, "stop")]
+        return []
+
+    def _count(self, usage: dict[str, Any]) -> None:
+        if "input_tokens" in usage:
+            self.input_tokens = int(usage["input_tokens"] or 0)
+        if "output_tokens" in usage:  # cumulative in message_delta
+            self.output_tokens = int(usage["output_tokens"] or 0)
+        cached = usage.get("cache_read_input_tokens")
+        if cached is not None:
+            self.cached_tokens = int(cached)
+        created = usage.get("cache_creation_input_tokens")
+        if created is not None:
+            self.cache_created = int(created)
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[Chunk]:
+        kind = block.get("type")
+        if kind == "tool_use":
+            self.calls[index] = len(self.calls)
+            return [ToolCallDelta(0, self.calls[index], block.get("id"), block.get("name"), "")]
+        if kind == "text" and block.get("text"):
+            return [TextDelta(0, str(block["text"]))]
+        if kind == "thinking" and block.get("thinking"):
+            return [ReasoningDelta(0, str(block["thinking"]))]
+        return []
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[Chunk]:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return [TextDelta(0, str(delta.get("text", "")))]
+        if kind == "input_json_delta" and index in self.calls:
+            return [
+                ToolCallDelta(0, self.calls[index], arguments=str(delta.get("partial_json", "")))
+            ]
+        if kind == "thinking_delta":
+            return [ReasoningDelta(0, str(delta.get("thinking", "")))]
+        return []  # signature_delta and future kinds carry nothing to relay
+
+    def usage(self) -> Usage:
+        # Anthropic's input_tokens exclude cache reads; OpenAI's prompt_tokens include them.
+        return Usage(
+            self.input_tokens + self.cached_tokens,
+            self.output_tokens,
+            cached_tokens=self.cached_tokens,
+        )
