@@ -219,16 +219,11 @@ def test_tool_round_trip(http: httpx.Client, claude: FakeAnthropic) -> None:
         json=chat("Weather?", model="claude-tool", tools=[tool], stream=True),
     ) as r:
         events = sse_events(r)
-    pieces = [
-        d["function"].get("arguments")
-        for e in events
-        for d in e["choices"][0]["delta"].get("tool_calls") or []
-    ]
-    assert pieces[1:] == ['{"location":', ' "San Fra', 'ncisco, CA"}'] or pieces[2:] == [
-        '{"location":',
-        ' "San Fra',
-        'ncisco, CA"}',
-    ]
+    deltas = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls") or []]
+    assert deltas[0]["id"] == "toolu_01T1x1fJ34qAmk2tNTrN7Up6"
+    assert deltas[0]["function"]["name"] == "get_weather"
+    pieces = [d["function"]["arguments"] for d in deltas if d["function"].get("arguments")]
+    assert pieces == ['{"location":', ' "San Fra', 'ncisco, CA"}']  # as they arrived
 
 
 def test_thinking(http: httpx.Client, claude: FakeAnthropic) -> None:
