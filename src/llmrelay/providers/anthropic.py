@@ -8,8 +8,6 @@ Its stream is ``message_start``, then per content block ``content_block_start``,
 
 from __future__ import annotations
 
-import itertools
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +16,7 @@ import aiohttp
 from llmrelay.providers.anthropic_wire import ANTHROPIC_VERSION, build_body
 from llmrelay.providers.base import ALL_SAMPLING, Capabilities, ModelInfo
 from llmrelay.providers.profiles import apply_overrides
-from llmrelay.providers.transport import ChannelTransport
+from llmrelay.providers.transport import ChannelProvider
 from llmrelay.request import ChatRequest
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import (
@@ -50,52 +48,26 @@ _STOP: dict[str, FinishReason] = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(ChannelProvider):
     def __init__(
         self, config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
     ) -> None:
-        self.config = config
-        self.http = ChannelTransport(config, session)
-        self.estimate = estimate
-        self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
-        caps = apply_overrides(CAPABILITIES, config.capabilities)
-        created = int(time.time())
-        self._models = [
-            ModelInfo(
-                id=m,
-                owned_by=config.name,
-                capabilities=caps,
-                created=created,
-                description=f"served by channel {config.name}",
-            )
-            for m in config.models
-        ]
+        super().__init__(
+            config, session, estimate, apply_overrides(CAPABILITIES, config.capabilities)
+        )
         base = config.base_url.rstrip("/")
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def models(self) -> list[ModelInfo]:
-        return list(self._models)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     def _headers(self) -> dict[str, str]:
         return {
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
-            "x-api-key": next(self._keys),
+            "x-api-key": self.next_key(),
             "anthropic-version": ANTHROPIC_VERSION,
         }
 
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
-        body = build_body(request, self.config.upstream_model(model.id))
+        body = build_body(request, self.upstream_name(model))
         response = await self.http.post(self.url, body, self._headers())
         try:
             decoder = _Decoder(request, self.estimate)

@@ -8,8 +8,6 @@ into llmrelay's errors here, each marked retryable when another channel may do b
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
@@ -21,7 +19,7 @@ from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.base import ModelInfo
 from llmrelay.providers.openai_wire import build_body
 from llmrelay.providers.profiles import PROFILES, capabilities_for
-from llmrelay.providers.transport import ChannelTransport
+from llmrelay.providers.transport import ChannelProvider
 from llmrelay.request import ChatRequest, ImagePart
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import (
@@ -48,7 +46,7 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-class OpenAIProvider:
+class OpenAIProvider(ChannelProvider):
     """One channel of type ``openai``."""
 
     def __init__(
@@ -58,44 +56,16 @@ class OpenAIProvider:
         estimate: Estimate,
         media: MediaFetcher | None = None,
     ) -> None:
-        self.config = config
-        self.session = session
+        super().__init__(
+            config, session, estimate, capabilities_for(config.flavor, config.capabilities)
+        )
         self.media = media or MediaFetcher(FetchPolicy())
         self.profile = PROFILES[config.flavor]
-        self.estimate = estimate
-        self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
-        self.http = ChannelTransport(config, session)
-        caps = capabilities_for(config.flavor, config.capabilities)
-        created = int(time.time())
-        self._models = [
-            ModelInfo(
-                id=m,
-                owned_by=config.name,
-                capabilities=caps,
-                created=created,
-                description=f"served by channel {config.name}",
-            )
-            for m in config.models
-        ]
         self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self._upstream_names = {m.id: config.upstream_model(m.id) for m in self._models}
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def models(self) -> list[ModelInfo]:
-        return list(self._models)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        key = next(self._keys)
+        key = self.next_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -103,8 +73,7 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
         if self.profile.inline_images:
             request = await self._inline_images(request)
-        upstream_name = self._upstream_names.get(model.id) or self.config.upstream_model(model.id)
-        body = build_body(request, upstream_name, self.profile)
+        body = build_body(request, self.upstream_name(model), self.profile)
         response = await self.http.post(self.url, body, self._headers())
         try:
             decoder = _Decoder(request, self.estimate)

@@ -7,7 +7,9 @@ errors here, each marked retryable when another channel may do better.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,7 @@ from llmrelay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from llmrelay.providers.base import Capabilities, ModelInfo
 from llmrelay.settings import ChannelConfig
 
 
@@ -195,3 +198,50 @@ def _mapped(channel: str, status: int, payload: Any, *, mid_stream: bool) -> LLM
     return UpstreamError(
         f"The upstream channel '{channel}' failed: {message}", code="upstream_error", retryable=True
     )
+
+
+class ChannelProvider:
+    """What every channel-backed provider shares: its transport, keys in turn, its models."""
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        session: aiohttp.ClientSession,
+        estimate: Callable[[str], int],
+        capabilities: Capabilities,
+    ) -> None:
+        self.config = config
+        self.http = ChannelTransport(config, session)
+        self.estimate = estimate
+        self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
+        created = int(time.time())
+        self._models = [
+            ModelInfo(
+                id=m,
+                owned_by=config.name,
+                capabilities=capabilities,
+                created=created,
+                description=f"served by channel {config.name}",
+            )
+            for m in config.models
+        ]
+        self._upstream_names = {m: config.upstream_model(m) for m in config.models}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._models)
+
+    def next_key(self) -> str:
+        return next(self._keys)
+
+    def upstream_name(self, model: ModelInfo) -> str:
+        return self._upstream_names.get(model.id) or self.config.upstream_model(model.id)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
