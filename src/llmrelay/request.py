@@ -116,6 +116,3 @@ class ChatRequest:
     # Set by the legacy /v1/completions route: the prompt is sent as raw text, no chat template.
     raw_prompt: str | None = None
     echo: bool = False
-
-    def has_part(self, kind: type) -> bool:
-        return any(isinstance(p, kind) for m in self.messages for p in m.content)

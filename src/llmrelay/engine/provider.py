@@ -81,18 +81,11 @@ class LocalProvider:
         for local in self._models.values():
             await asyncio.to_thread(local.pool.close)
 
-    def busy(self) -> int:
-        return sum(local.pool.busy for local in self._models.values())
-
     def stats(self) -> dict[str, dict[str, int]]:
         return {
             name: {"busy": local.pool.busy, "tokens_generated": local.pool.tokens_generated}
             for name, local in self._models.items()
         }
-
-    async def tokenize(self, model: str, text: str) -> list[int]:
-        local = self._models[model]
-        return await asyncio.to_thread(local.pool.tokenizer.tokenize, text, add_bos=False)
 
     def _prompt(self, local: _Local, request: ChatRequest) -> str:
         if request.raw_prompt is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llmrelay.errors import InvalidRequest
@@ -157,7 +156,3 @@ def build_body(request: ChatRequest, upstream_model: str, profile: WireProfile) 
     if request.user:
         body["user"] = request.user
     return body
-
-
-def dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
