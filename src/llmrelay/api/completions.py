@@ -23,7 +23,7 @@ async def completions(request: Request) -> Response:
     )
     req = parse_completion_request(body, default_model=ctx.settings.default_model)
     ctx.auth.authorize_model(key, req.model)
-    _, route_info = ctx.router.models_by_name(req.model)
+    route_info = ctx.router.model(req.model)
     if route_info.owned_by != "llmrelay":
         raise InvalidRequest(
             f"The model '{route_info.id}' supports chat completions only.",

@@ -7,6 +7,7 @@ import binascii
 import re
 from typing import Any, cast
 
+from llmrelay import jsonio
 from llmrelay.dialects.fields import Fields, invalid_value, join, missing, wrong_type
 from llmrelay.request import (
     AudioPart,
@@ -185,8 +186,6 @@ def _parse_tool_calls(f: Fields) -> list[ToolCall]:
 
 
 def _tool_call(fn: Fields, call_id: str) -> ToolCall:
-    from llmrelay import jsonio
-
     name = fn.string("name", required=True, nonempty=True)
     arguments = fn.raw("arguments")
     if arguments is None:

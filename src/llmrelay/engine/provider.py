@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -96,8 +97,6 @@ class LocalProvider:
             hint = _JSON_HINT
             schema = request.response_format.schema
             if schema is not None:
-                import json
-
                 hint += f" It must match this JSON Schema:\n{json.dumps(schema)}"
         return local.template.render(request, instructions=hint)
 

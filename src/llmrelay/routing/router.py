@@ -58,10 +58,9 @@ class Router:
     def models(self) -> list[ModelInfo]:
         return [routes[0].info for routes in self._routes.values()]
 
-    def models_by_name(self, name: str) -> tuple[str, ModelInfo]:
-        """The canonical id and the first route's model info for ``name``."""
-        route = self.routes(name)[0]
-        return route.info.id, route.info
+    def model(self, name: str) -> ModelInfo:
+        """The model ``name`` resolves to (as its first route describes it)."""
+        return self.routes(name)[0].info
 
     def routes(self, name: str) -> list[Route]:
         key = name.lower()

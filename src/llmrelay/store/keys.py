@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from llmrelay.store.db import Database
 from llmrelay.store.tables import ApiKey, User
@@ -75,10 +76,7 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def _user(self, session: object, name: str, role: str) -> User:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        assert isinstance(session, AsyncSession)
+    async def _user(self, session: AsyncSession, name: str, role: str) -> User:
         user = (await session.execute(select(User).where(User.name == name))).scalar_one_or_none()
         if user is None:
             user = User(name=name, role=role, created_at=datetime.now(UTC))
@@ -131,10 +129,7 @@ class KeyStore:
             )
             return [_record(k, u) for k, u in rows.tuples()]
 
-    async def _by_name(self, session: object, name: str) -> ApiKey:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        assert isinstance(session, AsyncSession)
+    async def _by_name(self, session: AsyncSession, name: str) -> ApiKey:
         key = (
             await session.execute(select(ApiKey).where(ApiKey.name == name))
         ).scalar_one_or_none()
