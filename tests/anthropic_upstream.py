@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.netutil import serve_in_thread
 
 
 def _events(*pairs: tuple[str, dict[str, Any]]) -> bytes:
@@ -191,19 +191,7 @@ class FakeAnthropic:
         return [r for r in self.requests if r[0].get("x-api-key") == key][-1]
 
     def start(self) -> FakeAnthropic:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            server = loop.run_until_complete(asyncio.start_server(self._handle, sock=sock))
-            ready.set()
-            loop.run_until_complete(server.serve_forever())
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(10)
+        self.port = serve_in_thread(self._handle)
         return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, chat, start_server, stop_server
+from tests.netutil import serve_in_thread
 from tests.schemas import check_completion, check_error
 from tests.upstream import FakeUpstream
 
@@ -24,20 +23,8 @@ PNG = base64.b64decode(
 
 class ImageServer:
     def __init__(self) -> None:
-        sock = socket.socket()
-        sock.bind((ALLOWED_HOST, 0))
-        self.port = sock.getsockname()[1]
+        self.port = serve_in_thread(self._handle, ALLOWED_HOST)
         self.url = f"http://{ALLOWED_HOST}:{self.port}"
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            server = loop.run_until_complete(asyncio.start_server(self._handle, sock=sock))
-            ready.set()
-            loop.run_until_complete(server.serve_forever())
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.netutil import serve_in_thread
 
 
 @dataclass
@@ -28,7 +28,6 @@ class FakeUpstream:
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)  # keys whose client went away mid-answer
-    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
@@ -38,19 +37,7 @@ class FakeUpstream:
         return [r.body for r in self.requests if r.headers.get("authorization") == f"Bearer {key}"]
 
     def start(self) -> FakeUpstream:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def run() -> None:
-            self.loop = asyncio.new_event_loop()
-            server = self.loop.run_until_complete(asyncio.start_server(self._handle, sock=sock))
-            ready.set()
-            self.loop.run_until_complete(server.serve_forever())
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(10)
+        self.port = serve_in_thread(self._handle)
         return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
