@@ -5,7 +5,8 @@ Tags may be cut anywhere across chunks; only text that could be the start of a t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 from llmrelay.stream import Chunk, Finish, ReasoningDelta, TextDelta
 
@@ -64,34 +65,61 @@ class ThinkSplitter:
         return out
 
 
-async def separate(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+class Transform(Protocol):
+    """Rewrites one chunk into zero or more; applied inline, without a generator per layer."""
+
+    def __call__(self, chunk: Chunk) -> Iterable[Chunk]: ...
+
+
+class Separate:
     """Inline ``<think>`` text becomes :class:`ReasoningDelta`."""
-    splitters = [ThinkSplitter(i) for i in range(n)]
-    async for chunk in chunks:
-        if isinstance(chunk, TextDelta) and not splitters[chunk.index].passes_through(chunk.text):
-            parts = splitters[chunk.index].feed(chunk.text)
-            for part in parts:
-                if isinstance(part, TextDelta) and len(parts) == 1:
-                    part.logprobs = chunk.logprobs
-                yield part
-        elif isinstance(chunk, Finish):
-            for part in splitters[chunk.index].flush():
-                yield part
-            yield chunk
-        else:
-            yield chunk
+
+    def __init__(self, n: int) -> None:
+        self.splitters = [ThinkSplitter(i) for i in range(n)]
+
+    def __call__(self, chunk: Chunk) -> Iterable[Chunk]:
+        if isinstance(chunk, TextDelta):
+            splitter = self.splitters[chunk.index]
+            if splitter.passes_through(chunk.text):
+                return (chunk,)
+            parts = splitter.feed(chunk.text)
+            if len(parts) == 1 and isinstance(parts[0], TextDelta):
+                parts[0].logprobs = chunk.logprobs
+            return parts
+        if isinstance(chunk, Finish):
+            return [*self.splitters[chunk.index].flush(), chunk]
+        return (chunk,)
 
 
-async def inline(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+class Inline:
     """:class:`ReasoningDelta` becomes ``<think>…</think>`` inside the content."""
-    open_ = [False] * n
-    async for chunk in chunks:
+
+    def __init__(self, n: int) -> None:
+        self.open = [False] * n
+
+    def __call__(self, chunk: Chunk) -> Iterable[Chunk]:
         if isinstance(chunk, ReasoningDelta):
-            prefix = "" if open_[chunk.index] else OPEN
-            open_[chunk.index] = True
-            yield TextDelta(chunk.index, prefix + chunk.text)
-            continue
-        if isinstance(chunk, TextDelta | Finish) and open_[chunk.index]:
-            open_[chunk.index] = False
-            yield TextDelta(chunk.index, CLOSE + "\n")
-        yield chunk
+            if not chunk.text:  # a signature or encrypted block: nothing to show inline
+                return ()
+            prefix = "" if self.open[chunk.index] else OPEN
+            self.open[chunk.index] = True
+            return (TextDelta(chunk.index, prefix + chunk.text),)
+        if isinstance(chunk, TextDelta | Finish) and self.open[chunk.index]:
+            self.open[chunk.index] = False
+            return (TextDelta(chunk.index, CLOSE + "\n"), chunk)
+        return (chunk,)
+
+
+async def apply(transform: Transform, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """A chunk stream with ``transform`` applied (for callers that want an iterator)."""
+    async for chunk in chunks:
+        for out in transform(chunk):
+            yield out
+
+
+def separate(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+    return apply(Separate(n), chunks)
+
+
+def inline(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+    return apply(Inline(n), chunks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from llmrelay.stream import ReasoningDetail
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -48,6 +50,8 @@ class Message:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    # Signed or encrypted reasoning blocks a client sends back (OpenRouter's reasoning_details).
+    reasoning_details: list[ReasoningDetail] = field(default_factory=list)
 
     def text(self) -> str:
         return "".join(p.text for p in self.content if isinstance(p, TextPart))

@@ -36,9 +36,27 @@ class TextDelta:
 
 
 @dataclass(slots=True)
+class ReasoningDetail:
+    """One reasoning block as the upstream signed or encrypted it (OpenRouter's
+    ``reasoning_details`` entry), which a client sends back unchanged in a tool loop.
+
+    ``block`` orders the blocks of one answer; ``data`` set means an encrypted block (Anthropic's
+    ``redacted_thinking``) with no text. On a stream the piece's text is the carrying
+    :class:`ReasoningDelta`'s; in a collected :class:`Choice` ``text`` is the whole block's.
+    """
+
+    block: int
+    format: str
+    text: str = ""
+    signature: str | None = None
+    data: str | None = None
+
+
+@dataclass(slots=True)
 class ReasoningDelta:
     index: int
     text: str
+    detail: ReasoningDetail | None = None  # where the piece belongs, for reasoning_details
 
 
 @dataclass(slots=True)
@@ -48,6 +66,30 @@ class ToolCallDelta:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+
+
+@dataclass(slots=True)
+class ImageDelta:
+    """An image the model produced (Gemini image output): base64 ``data`` of ``mime_type``."""
+
+    index: int
+    image_index: int
+    mime_type: str
+    data: str
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime_type};base64,{self.data}"
+
+
+@dataclass(slots=True)
+class CitationDelta:
+    """A source the answer cites (search grounding): characters ``start``–``end`` of content."""
+
+    index: int
+    url: str
+    title: str
+    start: int
+    end: int
 
 
 @dataclass(slots=True)
@@ -69,7 +111,7 @@ class Finish:
     reason: FinishReason
 
 
-Chunk = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+Chunk = TextDelta | ReasoningDelta | ToolCallDelta | ImageDelta | CitationDelta | Usage | Finish
 
 
 @dataclass(slots=True)
@@ -84,7 +126,10 @@ class Choice:
     index: int
     text: str = ""
     reasoning: str = ""
+    reasoning_details: list[ReasoningDetail] = field(default_factory=list)
     tool_calls: list[CollectedToolCall] = field(default_factory=list)
+    images: list[ImageDelta] = field(default_factory=list)
+    citations: list[CitationDelta] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason = "stop"
 
@@ -95,11 +140,18 @@ class Completion:
     usage: Usage | None
 
 
-async def collect(chunks: AsyncIterator[Chunk], n: int) -> Completion:
-    """Fold a chunk stream into whole choices."""
-    choices = [Choice(index=i) for i in range(n)]
-    usage: Usage | None = None
-    async for chunk in chunks:
+class Collector:
+    """Folds chunks into whole choices, one :meth:`add` at a time."""
+
+    def __init__(self, n: int) -> None:
+        self.choices = [Choice(index=i) for i in range(n)]
+        self.usage: Usage | None = None
+
+    def result(self) -> Completion:
+        return Completion(choices=self.choices, usage=self.usage)
+
+    def add(self, chunk: Chunk) -> None:
+        choices = self.choices
         match chunk:
             case TextDelta():
                 choice = choices[chunk.index]
@@ -108,6 +160,8 @@ async def collect(chunks: AsyncIterator[Chunk], n: int) -> Completion:
                     choice.logprobs = (choice.logprobs or []) + chunk.logprobs
             case ReasoningDelta():
                 choices[chunk.index].reasoning += chunk.text
+                if chunk.detail is not None:
+                    _fold_detail(choices[chunk.index].reasoning_details, chunk)
             case ToolCallDelta():
                 calls = choices[chunk.index].tool_calls
                 if chunk.call_index >= len(calls):
@@ -118,8 +172,33 @@ async def collect(chunks: AsyncIterator[Chunk], n: int) -> Completion:
                 if chunk.name:
                     call.name = chunk.name
                 call.arguments += chunk.arguments
+            case ImageDelta():
+                choices[chunk.index].images.append(chunk)
+            case CitationDelta():
+                choices[chunk.index].citations.append(chunk)
             case Usage():
-                usage = chunk
+                self.usage = chunk
             case Finish():
                 choices[chunk.index].finish_reason = chunk.reason
-    return Completion(choices=choices, usage=usage)
+
+
+async def collect(chunks: AsyncIterator[Chunk], n: int) -> Completion:
+    """Fold a chunk stream into whole choices."""
+    collector = Collector(n)
+    async for chunk in chunks:
+        collector.add(chunk)
+    return collector.result()
+
+
+def _fold_detail(details: list[ReasoningDetail], chunk: ReasoningDelta) -> None:
+    piece = chunk.detail
+    assert piece is not None
+    detail = next((d for d in details if d.block == piece.block), None)
+    if detail is None:
+        detail = ReasoningDetail(piece.block, piece.format)
+        details.append(detail)
+    detail.text += chunk.text
+    if piece.signature is not None:
+        detail.signature = piece.signature
+    if piece.data is not None:
+        detail.data = piece.data

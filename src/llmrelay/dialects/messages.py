@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from llmrelay import jsonio
 from llmrelay.dialects.fields import Fields, invalid_value, join, missing, wrong_type
+from llmrelay.dialects.reasoning_details import parse_reasoning_details
 from llmrelay.request import (
     AudioPart,
     ImagePart,
@@ -73,6 +74,7 @@ def _parse_message(f: Fields) -> Message:
         tool_calls=tool_calls,
         tool_call_id=tool_call_id,
         reasoning_content=reasoning,
+        reasoning_details=parse_reasoning_details(f) if role == "assistant" else [],
     )
 
 

@@ -11,9 +11,12 @@ import orjson
 from llmrelay.errors import LLMRelayError, error_payload
 from llmrelay.stream import (
     Chunk,
+    CitationDelta,
     Completion,
     Finish,
+    ImageDelta,
     ReasoningDelta,
+    ReasoningDetail,
     TextDelta,
     TokenLogprob,
     ToolCallDelta,
@@ -45,6 +48,40 @@ def usage_wire(usage: Usage) -> dict[str, Any]:
     }
 
 
+def reasoning_detail_wire(detail: ReasoningDetail, text: str) -> dict[str, Any]:
+    """An OpenRouter ``reasoning_details`` entry: ``reasoning.text`` or ``reasoning.encrypted``."""
+    if detail.data is not None:
+        return {
+            "type": "reasoning.encrypted",
+            "data": detail.data,
+            "format": detail.format,
+            "index": detail.block,
+        }
+    entry: dict[str, Any] = {"type": "reasoning.text", "text": text}
+    if detail.signature is not None:
+        entry["signature"] = detail.signature
+    entry["format"] = detail.format
+    entry["index"] = detail.block
+    return entry
+
+
+def image_wire(image: ImageDelta) -> dict[str, Any]:
+    """A produced image as OpenRouter shows it: ``{type: image_url, image_url: {url: data:…}}``."""
+    return {"type": "image_url", "image_url": {"url": image.data_uri()}}
+
+
+def citation_wire(citation: CitationDelta) -> dict[str, Any]:
+    return {
+        "type": "url_citation",
+        "url_citation": {
+            "url": citation.url,
+            "title": citation.title,
+            "start_index": citation.start,
+            "end_index": citation.end,
+        },
+    }
+
+
 def logprobs_wire(entries: list[TokenLogprob]) -> dict[str, Any]:
     return {
         "content": [
@@ -72,10 +109,16 @@ def chat_completion(
             "role": "assistant",
             "content": choice.text if (choice.text or not choice.tool_calls) else None,
             "refusal": None,
-            "annotations": [],
+            "annotations": [citation_wire(c) for c in choice.citations],
         }
         if choice.reasoning:
             message["reasoning_content"] = choice.reasoning
+        if choice.reasoning_details:
+            message["reasoning_details"] = [
+                reasoning_detail_wire(d, d.text) for d in choice.reasoning_details
+            ]
+        if choice.images:
+            message["images"] = [image_wire(i) for i in choice.images]
         if choice.tool_calls:
             message["tool_calls"] = [
                 {
@@ -170,7 +213,12 @@ class ChunkRenderer:
                     [self._choice(chunk.index, {"content": chunk.text}, logprobs=chunk.logprobs)]
                 )
             case ReasoningDelta():
-                return self._event([self._choice(chunk.index, {"reasoning_content": chunk.text})])
+                delta: dict[str, Any] = {}
+                if chunk.text or chunk.detail is None:
+                    delta["reasoning_content"] = chunk.text
+                if chunk.detail is not None:
+                    delta["reasoning_details"] = [reasoning_detail_wire(chunk.detail, chunk.text)]
+                return self._event([self._choice(chunk.index, delta)])
             case ToolCallDelta():
                 call: dict[str, Any] = {"index": chunk.call_index}
                 if chunk.id:
@@ -181,6 +229,13 @@ class ChunkRenderer:
                     function["name"] = chunk.name
                 call["function"] = function
                 return self._event([self._choice(chunk.index, {"tool_calls": [call]})])
+            case CitationDelta():
+                return self._event(
+                    [self._choice(chunk.index, {"annotations": [citation_wire(chunk)]})]
+                )
+            case ImageDelta():
+                image = {"index": chunk.image_index, **image_wire(chunk)}
+                return self._event([self._choice(chunk.index, {"images": [image]})])
             case Finish():
                 return self._event([self._choice(chunk.index, {}, finish=chunk.reason)])
             case Usage():

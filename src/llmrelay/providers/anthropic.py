@@ -1,19 +1,21 @@
 """The ``anthropic`` provider type: Anthropic's Messages API behind a channel.
 
 Its stream is ``message_start``, then per content block ``content_block_start``,
-``content_block_delta`` (``text_delta``, ``input_json_delta``, ``thinking_delta``) and
-``content_block_stop``, then ``message_delta`` (stop reason, output tokens) and
-``message_stop``; each becomes typed chunks as it arrives.
+``content_block_delta`` (``text_delta``, ``input_json_delta``, ``thinking_delta``,
+``signature_delta``) and ``content_block_stop``, then ``message_delta`` (stop reason, output
+tokens) and ``message_stop``; each becomes typed chunks as it arrives. Thinking pieces carry
+their block's place and signature (and ``redacted_thinking`` its data) for ``reasoning_details``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 
-from llmrelay.providers.anthropic_wire import ANTHROPIC_VERSION, build_body
+from llmrelay.providers.anthropic_json import answer_tool_name, structured_answer
+from llmrelay.providers.anthropic_wire import ANTHROPIC_VERSION, REASONING_FORMAT, build_body
 from llmrelay.providers.base import ALL_SAMPLING, Capabilities, ModelInfo
 from llmrelay.providers.profiles import apply_overrides
 from llmrelay.providers.transport import ChannelProvider
@@ -24,6 +26,7 @@ from llmrelay.stream import (
     Finish,
     FinishReason,
     ReasoningDelta,
+    ReasoningDetail,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -32,7 +35,7 @@ from llmrelay.stream import (
 CAPABILITIES = Capabilities(
     input_modalities=("text", "image"),
     logprobs=False,
-    json_schema=False,
+    json_schema=True,  # as a forced tool (anthropic_json)
     max_n=1,
     sampling=ALL_SAMPLING & {"temperature", "top_p", "top_k", "stop"},
     reasoning=True,
@@ -66,7 +69,12 @@ class AnthropicProvider(ChannelProvider):
             "anthropic-version": ANTHROPIC_VERSION,
         }
 
-    async def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
+    def stream(self, request: ChatRequest, model: ModelInfo) -> AsyncIterator[Chunk]:
+        chunks = self._stream(request, model)
+        tool = answer_tool_name(request)
+        return chunks if tool is None else structured_answer(chunks, request, tool, self.name)
+
+    async def _stream(self, request: ChatRequest, model: ModelInfo) -> AsyncGenerator[Chunk, None]:
         body = build_body(request, self.upstream_name(model))
         response = await self.http.post(self.url, body, self._headers())
         try:
@@ -90,6 +98,7 @@ class _Decoder:
         self.request = request
         self.estimate = estimate
         self.calls: dict[int, int] = {}  # content block index -> tool call index
+        self.thoughts: dict[int, int] = {}  # content block index -> reasoning block index
         self.input_tokens = 0
         self.output_tokens = 0
         self.cached_tokens = 0
@@ -139,9 +148,21 @@ class _Decoder:
             return [ToolCallDelta(0, self.calls[index], block.get("id"), block.get("name"), "")]
         if kind == "text" and block.get("text"):
             return [TextDelta(0, str(block["text"]))]
-        if kind == "thinking" and block.get("thinking"):
-            return [ReasoningDelta(0, str(block["thinking"]))]
+        if kind in ("thinking", "redacted_thinking"):
+            self.thoughts[index] = len(self.thoughts)
+            if kind == "redacted_thinking":
+                return [self._thought(index, data=str(block.get("data", "")))]
+            if block.get("thinking"):
+                return [self._thought(index, str(block["thinking"]))]
         return []
+
+    def _thought(
+        self, index: int, text: str = "", *, signature: str | None = None, data: str | None = None
+    ) -> ReasoningDelta:
+        detail = ReasoningDetail(
+            self.thoughts.get(index, 0), REASONING_FORMAT, signature=signature, data=data
+        )
+        return ReasoningDelta(0, text, detail)
 
     def _delta(self, index: int, delta: dict[str, Any]) -> list[Chunk]:
         kind = delta.get("type")
@@ -152,8 +173,10 @@ class _Decoder:
                 ToolCallDelta(0, self.calls[index], arguments=str(delta.get("partial_json", "")))
             ]
         if kind == "thinking_delta":
-            return [ReasoningDelta(0, str(delta.get("thinking", "")))]
-        return []  # signature_delta and future kinds carry nothing to relay
+            return [self._thought(index, str(delta.get("thinking", "")))]
+        if kind == "signature_delta":
+            return [self._thought(index, signature=str(delta.get("signature", "")))]
+        return []  # future kinds carry nothing to relay
 
     def usage(self) -> Usage:
         # Anthropic's input_tokens exclude cache reads; OpenAI's prompt_tokens include them.

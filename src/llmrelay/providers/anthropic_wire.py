@@ -2,7 +2,9 @@
 
 System and developer messages become ``system``; tool results become ``tool_result`` blocks in
 a user turn; consecutive turns of one role are merged; ``enable_thinking`` and
-``reasoning_effort`` become extended thinking with a token budget.
+``reasoning_effort`` become extended thinking with a token budget. An assistant message's
+``reasoning_details`` become its signed ``thinking`` and ``redacted_thinking`` blocks again,
+first in the turn, as Anthropic requires in a tool loop with thinking on.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import re
 from typing import Any
 
 from llmrelay.errors import InvalidRequest
+from llmrelay.providers.anthropic_json import add_answer_tool
 from llmrelay.request import ChatRequest, ImagePart, Message, TextPart
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16000, "xhigh": 32000}
+REASONING_FORMAT = "anthropic-claude-v1"  # OpenRouter's name for Claude's reasoning_details
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
 
 
@@ -30,12 +34,28 @@ def _image(part: ImagePart) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": part.url}}
 
 
+def _thinking_blocks(message: Message) -> list[dict[str, Any]]:
+    """Signed and redacted thinking as it came; unsigned reasoning is left out (Anthropic
+    refuses a thinking block without its signature)."""
+    blocks: list[dict[str, Any]] = []
+    for detail in sorted(message.reasoning_details, key=lambda d: d.block):
+        if detail.format not in (REASONING_FORMAT, ""):
+            continue  # another provider's reasoning
+        if detail.data is not None:
+            blocks.append({"type": "redacted_thinking", "data": detail.data})
+        elif detail.signature:
+            blocks.append(
+                {"type": "thinking", "thinking": detail.text, "signature": detail.signature}
+            )
+    return blocks
+
+
 def _blocks(message: Message, index: int) -> list[dict[str, Any]]:
     if message.role == "tool":
         return [
             {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}
         ]
-    blocks: list[dict[str, Any]] = []
+    blocks = _thinking_blocks(message) if message.role == "assistant" else []
     for part in message.content:
         if isinstance(part, TextPart):
             if part.text:
@@ -73,11 +93,11 @@ def _conversation(request: ChatRequest) -> tuple[str, list[dict[str, Any]]]:
     return "\n\n".join(s for s in system if s), turns
 
 
-def _thinking(request: ChatRequest, body: dict[str, Any]) -> None:
+def _thinking(request: ChatRequest, body: dict[str, Any]) -> bool:
     effort = request.reasoning_effort
     wanted = request.enable_thinking
     if wanted is False or (wanted is None and effort in (None, "none", "minimal")):
-        return
+        return False
     budget = THINKING_BUDGETS.get(effort or "medium", 4096)
     if request.max_tokens is None:
         body["max_tokens"] = budget + DEFAULT_MAX_TOKENS
@@ -95,7 +115,15 @@ def _thinking(request: ChatRequest, body: dict[str, Any]) -> None:
                 param=name,
                 code="unsupported_parameter",
             )
+    if request.tools and request.tool_choice.mode in ("required", "function"):
+        raise InvalidRequest(
+            "With thinking on, this model's upstream (Anthropic) takes tool_choice 'auto' or "
+            "'none' only.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
     body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    return True
 
 
 def _tools(request: ChatRequest, body: dict[str, Any]) -> None:
@@ -126,13 +154,6 @@ def build_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
             param="temperature",
             code="invalid_value",
         )
-    if request.response_format.type != "text":
-        raise InvalidRequest(
-            "This model's upstream (Anthropic) has no JSON output mode here; "
-            "use a tool with tool_choice instead.",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     system, messages = _conversation(request)
     body: dict[str, Any] = {
         "model": upstream_model,
@@ -150,7 +171,7 @@ def build_body(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
         body["stop_sequences"] = request.sampling.stop
     if request.tools:
         _tools(request, body)
-    _thinking(request, body)
+    add_answer_tool(request, body, thinking=_thinking(request, body))
     if request.user:
         body["metadata"] = {"user_id": request.user}
     return body

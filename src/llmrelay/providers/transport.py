@@ -120,7 +120,7 @@ class ChannelTransport:
         if not isinstance(payload, dict):
             raise self.broken("it sent an event that is not a JSON object")
         if "error" in payload:
-            raise _mapped(self.name, 502, payload, mid_stream=True)
+            raise self.map_error(502, payload, mid_stream=True)
         return payload
 
     async def _error(self, response: aiohttp.ClientResponse) -> LLMRelayError:
@@ -132,7 +132,7 @@ class ChannelTransport:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             payload = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
-        error = _mapped(self.name, response.status, payload, mid_stream=False)
+        error = self.map_error(response.status, payload, mid_stream=False)
         retry_after = response.headers.get("Retry-After")
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             error.retry_after = float(retry_after)
@@ -149,6 +149,11 @@ class ChannelTransport:
             code="upstream_unreachable",
             retryable=True,
         )
+
+    def map_error(self, status: int, payload: Any, *, mid_stream: bool) -> LLMRelayError:
+        """An upstream error body as one of ours; a provider type with its own error shape
+        overrides this (the one place its errors are mapped)."""
+        return _mapped(self.name, status, payload, mid_stream=mid_stream)
 
     def broken(self, why: str) -> UpstreamError:
         return UpstreamError(

@@ -15,6 +15,7 @@ from llmrelay.engine.provider import LocalProvider
 from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.anthropic import AnthropicProvider
 from llmrelay.providers.base import Provider
+from llmrelay.providers.gemini import GeminiProvider
 from llmrelay.providers.openai import OpenAIProvider
 from llmrelay.routing.router import Route, Router
 from llmrelay.settings import ChannelConfig, Settings
@@ -34,6 +35,8 @@ def build_provider(
         return OpenAIProvider(config, session, estimate, media)
     if config.type == "anthropic":
         return AnthropicProvider(config, session, estimate)
+    if config.type == "gemini":
+        return GeminiProvider(config, session, estimate, media)
     log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
     return None
 
