@@ -22,7 +22,7 @@ from llmrelay.errors import (
 from llmrelay.providers.base import ModelInfo, check_request
 from llmrelay.request import ChatRequest
 from llmrelay.routing.router import Route, Router
-from llmrelay.stream import Chunk, Completion, collect
+from llmrelay.stream import Chunk, Collector, Completion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +90,12 @@ class Gateway:
         """The whole answer; nothing has reached the client, so any route may take over."""
 
         async def run(route: Route) -> Completion:
-            stream = route.provider.stream(request, route.info)
-            return await collect(self._post_process(request, route.info, stream), request.n)
+            transform = _reasoning(request, route.info)
+            collector = Collector(request.n)
+            async for chunk in route.provider.stream(request, route.info):
+                for out in transform(chunk):
+                    collector.add(out)
+            return collector.result()
 
         route, completion = await self._first_success(request, run)
         return route.info, completion
@@ -107,37 +111,33 @@ class Gateway:
     async def _finish(
         self, request: ChatRequest, route: Route, first: Chunk | None, rest: AsyncIterator[Chunk]
     ) -> AsyncIterator[Chunk]:
-        async def joined() -> AsyncIterator[Chunk]:
+        transform = _reasoning(request, route.info)
+        try:
             if first is not None:
-                yield first
-            try:
-                async for chunk in rest:
+                for chunk in transform(first):
                     yield chunk
-            except LLMRelayError as exc:
-                if exc.retryable and route.breaker is not None:
-                    route.breaker.failure(exc.retry_after)
-                raise
-            finally:
-                await _close(rest)
+            async for raw in rest:
+                for chunk in transform(raw):
+                    yield chunk
+        except LLMRelayError as exc:
+            if exc.retryable and route.breaker is not None:
+                route.breaker.failure(exc.retry_after)
+            raise
+        finally:
+            await _close(rest)
 
-        async for chunk in self._post_process(request, route.info, joined()):
-            yield chunk
 
-    @staticmethod
-    def _post_process(
-        request: ChatRequest, info: ModelInfo, chunks: AsyncIterator[Chunk]
-    ) -> AsyncIterator[Chunk]:
-        if request.raw_prompt is not None:
-            # Legacy text completions have no reasoning field: the text stays as generated.
-            return reasoning.inline(chunks, request.n)
-        separate = (
-            info.separate_reasoning
-            if request.separate_reasoning is None
-            else (request.separate_reasoning)
-        )
-        if separate:
-            return reasoning.separate(chunks, request.n)
-        return reasoning.inline(chunks, request.n)
+def _reasoning(request: ChatRequest, info: ModelInfo) -> reasoning.Transform:
+    """Where reasoning goes: its own field, or inline as ``<think>`` text."""
+    if request.raw_prompt is not None:
+        # Legacy text completions have no reasoning field: the text stays as generated.
+        return reasoning.Inline(request.n)
+    separate = (
+        info.separate_reasoning
+        if request.separate_reasoning is None
+        else request.separate_reasoning
+    )
+    return reasoning.Separate(request.n) if separate else reasoning.Inline(request.n)
 
 
 async def _close(chunks: AsyncIterator[Chunk]) -> None:
