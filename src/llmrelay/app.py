@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,6 +18,7 @@ from llmrelay.api import admin, chat, completions, health, models
 from llmrelay.api.context import AppContext
 from llmrelay.api.io import ClientGone, JSONResponse
 from llmrelay.auth import Authenticator
+from llmrelay.dialects.render import new_id
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.errors import (
     InvalidRequest,
@@ -93,7 +94,7 @@ class RequestIdMiddleware:
         for name, value in scope["headers"]:
             if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
                 request_id = value.decode()
-        request_id = request_id or "req_" + secrets.token_hex(12)
+        request_id = request_id or new_id("req", "_")
         scope.setdefault("state", {})["request_id"] = request_id
         raw = request_id.encode()
 
@@ -139,6 +140,10 @@ def build_app(
         await channels.refresh()
         channels.start()
         ctx.ready = True
+        # What exists now (the model, templates, compiled schemas) lives as long as the server:
+        # kept out of every later garbage collection, which then only scans request garbage.
+        gc.collect()
+        gc.freeze()
         log.info("llmrelay ready on %s:%s", settings.host, settings.port)
         try:
             yield

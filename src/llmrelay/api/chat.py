@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, event_stream, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, SSEResponse, read_json, until_disconnect
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_chat import parse_chat_request
 
@@ -31,7 +31,7 @@ async def chat_completions(request: Request) -> Response:
         renderer = render.ChunkRenderer(
             model=info.id, n=chat.n, include_usage=chat.include_usage, logprobs=chat.logprobs
         )
-        return event_stream(renderer, chunks)
+        return SSEResponse(renderer, chunks)
     info, completion = await until_disconnect(request, ctx.gateway.complete(chat))
     return JSONResponse(
         render.chat_completion(

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, event_stream, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, SSEResponse, read_json, until_disconnect
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_completions import parse_completion_request
 from llmrelay.errors import InvalidRequest
@@ -33,7 +33,7 @@ async def completions(request: Request) -> Response:
     if req.stream:
         info, chunks = await ctx.gateway.open(req)
         renderer = render.CompletionChunkRenderer(model=info.id, include_usage=req.include_usage)
-        return event_stream(renderer, chunks)
+        return SSEResponse(renderer, chunks)
     info, completion = await until_disconnect(request, ctx.gateway.complete(req))
     return JSONResponse(
         render.text_completion(

@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmrelay import jsonio
 from llmrelay.dialects.render import DONE, sse_error
@@ -107,15 +107,16 @@ class ChunkRenderer(Protocol):
 
 
 class SSEResponse(Response):
-    """Server-sent events from an async iterator of bytes, on plain asyncio.
+    """Server-sent events rendered from a chunk stream, on plain asyncio.
 
     Starlette's StreamingResponse opens an anyio task group per response to notice a client
     leaving (uvicorn speaks ASGI 2.3); a :class:`DisconnectWatch` that cancels the stream does
-    the same job at a fraction of the cost, and the stream's ``finally`` blocks close the
-    upstream.
+    the same job at a fraction of the cost. Rendering happens here rather than in a generator
+    of its own: one async layer less per chunk. An error after the stream started ends it with
+    an SSE error event; the chunk stream is always closed, which closes the upstream.
     """
 
-    def __init__(self, body: AsyncIterator[bytes]) -> None:
+    def __init__(self, renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> None:
         # No Response.__init__: it would declare Content-Length for the empty initial body.
         self.status_code = 200
         self.background = None
@@ -124,21 +125,16 @@ class SSEResponse(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        self.body_iterator = body
+        self.renderer = renderer
+        self.chunks = chunks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = DisconnectWatch(receive)
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            async for data in self.body_iterator:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send(_more(self.renderer.start()))
+            tail = await self._relay(send)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -147,28 +143,25 @@ class SSEResponse(Response):
             pass  # the client went away while we were writing
         finally:
             watch.close()
-            aclose = getattr(self.body_iterator, "aclose", None)
+            aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-
-def event_stream(renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> SSEResponse:
-    async def body() -> AsyncIterator[bytes]:
+    async def _relay(self, send: Send) -> bytes:
+        """Send every chunk; what ends the stream: ``[DONE]`` or an error event."""
+        render = self.renderer.render
         try:
-            yield renderer.start()
-            async for chunk in chunks:
-                data = renderer.render(chunk)
+            async for chunk in self.chunks:
+                data = render(chunk)
                 if data:
-                    yield data
-            yield DONE
+                    await send(_more(data))
         except LLMRelayError as exc:
-            yield sse_error(exc)
+            return sse_error(exc)
         except Exception:
             log.exception("stream failed after it started")
-            yield sse_error(internal_error())
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            return sse_error(internal_error())
+        return DONE
 
-    return SSEResponse(body())
+
+def _more(data: bytes) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": True}

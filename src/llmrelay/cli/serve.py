@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 
 from llmrelay import logs
 from llmrelay.cli.common import add_common
@@ -29,6 +30,9 @@ def run(settings: Settings) -> int:
     from llmrelay.app import build_app
 
     logs.configure(settings.log_level)
+    # A request allocates a few thousand short-lived objects; collecting the young generation
+    # every 700 allocations (the default) cost about 10% of the relay's throughput.
+    gc.set_threshold(20_000, 20, 20)
     config = uvicorn.Config(
         build_app(settings),
         host=settings.host,

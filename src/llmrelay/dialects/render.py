@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 import time
 from typing import Any, Protocol
 
@@ -26,8 +27,14 @@ from llmrelay.stream import (
 DONE = b"data: [DONE]\n\n"
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat ids
+
+
+def new_id(prefix: str, sep: str = "-") -> str:
+    """A unique id such as ``chatcmpl-…``. Ids are not secrets: a fast PRNG seeded from the OS
+    (no system call per id, unlike ``secrets``) makes 96-bit collisions as unlikely."""
+    return f"{prefix}{sep}{_ids.getrandbits(96):024x}"
 
 
 def sse(payload: Any) -> bytes:
