@@ -1,7 +1,10 @@
 """A fast OpenAI-compatible upstream for relay benchmarks: raw asyncio on uvloop, keep-alive.
 
 Answers every POST with a fixed completion: JSON, or SSE with ``max_tokens`` content chunks
-(one word each) when the body asks to stream.
+(one word each) when the body asks to stream. It speaks the native APIs too, always streaming:
+Anthropic's ``POST /v1/messages`` (``max_tokens`` text deltas) and Gemini's
+``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` (``maxOutputTokens`` events),
+from bench.fast_native_upstreams. Whole responses are built once per shape and cached.
 
     python -m bench.fast_upstream PORT
 """
@@ -11,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import Any
 
 import uvloop
+
+from bench.fast_native_upstreams import anthropic_sse, gemini_sse
 
 _JSON = json.dumps(
     {
@@ -85,8 +91,37 @@ async def drip(writer: asyncio.StreamWriter, chunks: int) -> None:
     writer.write(b"0\r\n\r\n")
 
 
+def _http(kind: bytes, payload: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+
+
+_BUILDERS = {"openai": sse_body, "anthropic": anthropic_sse, "gemini": gemini_sse}
+_RESPONSES: dict[tuple[str, int], bytes] = {("json", 0): _http(b"application/json", _JSON)}
+
+
+def _shape(path: bytes, body: dict[str, Any]) -> tuple[str, int]:
+    """Which wire format the request asks for, and how many chunks."""
+    if path.endswith(b"/messages"):
+        return "anthropic", int(body.get("max_tokens") or 3)
+    if b":streamGenerateContent" in path:
+        return "gemini", int((body.get("generationConfig") or {}).get("maxOutputTokens") or 3)
+    if body.get("stream"):
+        return "openai", int(body.get("max_tokens") or body.get("max_completion_tokens") or 3)
+    return "json", 0
+
+
+def response(path: bytes, body: dict[str, Any]) -> bytes:
+    shape = _shape(path, body)
+    cached = _RESPONSES.get(shape)
+    if cached is None:
+        cached = _RESPONSES[shape] = _http(b"text/event-stream", _BUILDERS[shape[0]](shape[1]))
+    return cached
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    cache: dict[int, bytes] = {}
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -97,18 +132,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             body = json.loads(await reader.readexactly(length)) if length else {}
             if body.get("stream") and body.get("model") == "drip":
                 await drip(writer, int(body.get("max_tokens") or 100))
-            elif body.get("stream"):
-                chunks = int(body.get("max_tokens") or body.get("max_completion_tokens") or 3)
-                payload = cache.get(chunks) or cache.setdefault(chunks, sse_body(chunks))
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                    b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
-                )
             else:
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: " + str(len(_JSON)).encode() + b"\r\n\r\n" + _JSON
-                )
+                writer.write(response(head.split(b" ", 2)[1], body))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
