@@ -7,6 +7,7 @@ import gc
 
 from llmrelay import logs
 from llmrelay.cli.common import add_common
+from llmrelay.corking import corked
 from llmrelay.settings import Settings
 
 
@@ -26,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(settings: Settings) -> int:
     import uvicorn
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
 
     from llmrelay.app import build_app
 
@@ -38,9 +41,9 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop=settings.event_loop,
-        http=settings.http_parser,
+        http=corked(import_from_string(HTTP_PROTOCOLS[settings.http_parser])),
         log_level=settings.log_level.lower(),
-        access_log=settings.access_log,
+        access_log=False,  # llmrelay writes its own JSON access line (api/observe.py)
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn's loggers propagate to the JSON handler
     )

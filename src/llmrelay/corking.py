@@ -1,0 +1,72 @@
+"""Write coalescing for uvicorn's HTTP protocols: one system call per response burst.
+
+uvicorn writes a response's status line and headers, then each body part, with a
+``transport.write`` each: a JSON answer costs two system calls and a short SSE stream one per
+event. On loopback a write also runs the receiver's side of TCP, so those calls were the largest
+single cost of a relayed request. :class:`CorkedTransport` holds what is written during one turn
+of the event loop and writes it at once at the start of the next turn, the same way
+aiohttp's server sends headers together with the first body part. What is ready together
+(headers and a whole JSON body, or several SSE events decoded from one upstream read) leaves in
+one write; a stream whose events arrive one by one still sends each as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+
+class CorkedTransport:
+    """A transport proxy that coalesces the writes of one event-loop turn."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (is_closing, get_extra_info, pause_reading, set_protocol, …) is the
+        # real transport's.
+        return getattr(self._transport, name)
+
+
+def corked(protocol: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """``protocol`` with its transport wrapped in a :class:`CorkedTransport`."""
+
+    class Corked(protocol):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # uvloop's transports implement asyncio.Transport without subclassing it.
+            super().connection_made(CorkedTransport(cast(asyncio.Transport, transport)))
+
+    Corked.__name__ = Corked.__qualname__ = f"Corked{protocol.__name__}"
+    return Corked
