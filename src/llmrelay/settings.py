@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrelay.engine.model_files import BUNDLED_MODEL_NAME
@@ -112,15 +112,36 @@ class Settings(BaseSettings):
     )
     key_cache_seconds: float = Field(0.5, ge=0, le=1)
     log_level: str = "info"
-    access_log: bool = False
+    access_log: bool = Field(False, description="one JSON access line per request (info level)")
+    metrics_require_admin: bool = Field(False, description="/metrics needs an admin key")
     http_parser: Literal["httptools", "h11"] = "httptools"
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str | None) -> str | None:
+        return async_database_url(url) if url else url
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'llmrelay.db'}"
+
+
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def async_database_url(url: str) -> str:
+    """``postgresql://…`` and ``sqlite:///…`` as users write them, with the async driver."""
+    scheme, sep, rest = url.partition("://")
+    return f"{_ASYNC_DRIVERS.get(scheme, scheme)}{sep}{rest}" if sep else url
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -1,4 +1,7 @@
-"""``/admin/channels``: the JSON admin API for channels (admin keys only)."""
+"""``/admin/channels``: the JSON admin API for channels (admin keys only).
+
+The routes of the other ``/admin`` modules (users, keys, prices, usage) are gathered here.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llmrelay.api.context import AppContext, context
+from llmrelay.api import admin_keys, admin_prices, admin_usage, admin_users
+from llmrelay.api.admin_common import require_admin
+from llmrelay.api.context import AppContext
 from llmrelay.api.io import JSONResponse, read_json
-from llmrelay.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from llmrelay.errors import Conflict, InvalidRequest, NotFound
 from llmrelay.routing.probe import probe
 from llmrelay.settings import ChannelConfig
 from llmrelay.store.channels import ChannelError, to_json
 
-
-async def _admin(request: Request) -> AppContext:
-    ctx = context(request)
-    key = await ctx.auth.authenticate(request.headers.getlist("authorization"))
-    if key.role != "admin":
-        raise PermissionDenied("This endpoint needs an admin key.", code="admin_required")
-    return ctx
+_admin = require_admin
 
 
 def public(config: ChannelConfig, source: str) -> dict[str, Any]:
@@ -127,4 +126,8 @@ routes = [
     Route("/admin/channels/{name}", update_channel, methods=["PATCH"]),
     Route("/admin/channels/{name}", delete_channel, methods=["DELETE"]),
     Route("/admin/channels/{name}/test", test_channel, methods=["POST"]),
+    *admin_users.routes,
+    *admin_keys.routes,
+    *admin_prices.routes,
+    *admin_usage.routes,
 ]

@@ -1,4 +1,4 @@
-"""The ``llmrelay`` command: ``serve``, ``keys`` and ``channels``."""
+"""The ``llmrelay`` command: ``serve``, ``keys``, ``users``, ``prices``, ``usage``, ``channels``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from llmrelay import __version__
-from llmrelay.cli import channels, keys, serve
+from llmrelay.cli import channels, keys, prices, serve, usage, users
 from llmrelay.cli.common import settings_from
 
 
@@ -16,6 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(sub)
     keys.add_parser(sub)
+    users.add_parser(sub)
+    prices.add_parser(sub)
+    usage.add_parser(sub)
     channels.add_parser(sub)
     return parser
 
@@ -31,4 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve.run(settings)
     if args.command == "keys":
         return keys.run(args, settings)
+    if args.command == "users":
+        return users.run(args, settings)
+    if args.command == "prices":
+        return prices.run(args, settings)
+    if args.command == "usage":
+        return usage.run(args, settings)
     return channels.run(args, settings)

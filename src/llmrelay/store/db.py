@@ -7,10 +7,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# Several instances starting at once on one PostgreSQL database migrate one after the other.
+_MIGRATION_LOCK = 0x6C6C6D72  # "llmr"
 
 
 def sync_url(url: str) -> str:
@@ -42,6 +44,8 @@ def migrate(url: str) -> None:
     config.set_main_option("script_location", str(_MIGRATIONS))
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     finally:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from llmrelay.accounting.money import Money
 from llmrelay.store.db import Database
 from llmrelay.store.tables import ApiKey, User
 
@@ -21,6 +24,10 @@ _PREFIX_LENGTH = 11  # "sk-" and 8 characters: enough to tell keys apart in list
 
 class KeyError_(Exception):
     """A key operation that cannot be done (unknown name, duplicate name)."""
+
+
+class KeyNotFound(KeyError_):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +41,41 @@ class KeyRecord:
     created_at: datetime
     revoked_at: datetime | None
     expires_at: datetime | None
+    user_id: int = 0
+    credit_pusd: Money | None = None  # None: no credit limit
+    spent_pusd: Money = 0
+    rpm: int | None = None
+    tpm: int | None = None
+    user_disabled: bool = False
+    user_balance_pusd: Money | None = None  # the user's remaining balance; None: unlimited
+    user_spent_pusd: Money = 0
+
+    @property
+    def metered(self) -> bool:
+        """Whether requests need a reservation or a rate check (any limit at all)."""
+        return (
+            self.credit_pusd is not None
+            or self.user_balance_pusd is not None
+            or self.rpm is not None
+            or self.tpm is not None
+        )
+
+    def credit_left(self) -> Money | None:
+        """What the key may still spend (as of the lookup), or None without a limit."""
+        return None if self.credit_pusd is None else self.credit_pusd - self.spent_pusd
 
     def usable(self, now: datetime | None = None) -> bool:
-        now = now or datetime.now(UTC)
+        return self.status(now) == "active"
+
+    def status(self, now: datetime | None = None) -> str:
+        """``active``, ``revoked``, ``disabled`` (its user is) or ``expired``."""
         if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or _aware(self.expires_at) > now
+            return "revoked"
+        if self.user_disabled:
+            return "disabled"
+        if self.expires_at is not None and _aware(self.expires_at) <= (now or datetime.now(UTC)):
+            return "expired"
+        return "active"
 
     def allows(self, model: str) -> bool:
         return self.models is None or model.lower() in {m.lower() for m in self.models}
@@ -47,6 +83,17 @@ class KeyRecord:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_expires(text: str) -> datetime:
+    """An ISO-8601 time (``2027-01-01``, ``2027-01-01T12:00:00Z``); without a zone, UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise KeyError_(
+            f"expiry {text!r} is not an ISO-8601 time (e.g. 2027-01-01T00:00:00Z)"
+        ) from None
+    return _aware(value)
 
 
 def hash_secret(secret: str) -> str:
@@ -58,18 +105,39 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_hex(24)
 
 
-def _record(key: ApiKey, user: User) -> KeyRecord:
+# The settings a key carries besides its secret: what create takes and update changes.
+LIMITS = ("models", "credit_pusd", "rpm", "tpm", "expires_at")
+
+
+def _record(key: RowMapping, user: str, role: str) -> KeyRecord:
     return KeyRecord(
-        id=key.id,
-        name=key.name,
-        prefix=key.prefix,
-        user=user.name,
-        role=user.role,
-        models=tuple(key.models) if key.models is not None else None,
-        created_at=key.created_at,
-        revoked_at=key.revoked_at,
-        expires_at=key.expires_at,
+        id=key["id"],
+        name=key["name"],
+        prefix=key["prefix"],
+        user=user,
+        role=role,
+        models=tuple(key["models"]) if key["models"] is not None else None,
+        created_at=key["created_at"],
+        revoked_at=key["revoked_at"],
+        expires_at=key["expires_at"],
+        user_id=key["user_id"],
+        credit_pusd=key["credit_pusd"],
+        spent_pusd=key["spent_pusd"],
+        rpm=key["rpm"],
+        tpm=key["tpm"],
+        user_disabled=key["disabled_at"] is not None,
+        user_balance_pusd=key["user_balance_pusd"],
+        user_spent_pusd=key["user_spent_pusd"],
     )
+
+
+def _check_limits(values: Mapping[str, Any]) -> None:
+    for name in ("credit_pusd", "rpm", "tpm"):
+        value = values.get(name)
+        if value is not None and value < 0:
+            raise KeyError_(f"{name} must not be negative")
+    if values.get("models") == []:
+        raise KeyError_("an empty model allow-list would allow nothing; leave it out instead")
 
 
 class KeyStore:
@@ -92,8 +160,15 @@ class KeyStore:
         role: str = "user",
         models: list[str] | None = None,
         expires_at: datetime | None = None,
+        credit_pusd: Money | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
         secret: str | None = None,
     ) -> str:
+        limits = {"models": models, "credit_pusd": credit_pusd, "rpm": rpm, "tpm": tpm}
+        _check_limits(limits)
+        if not name or len(name) > 128:
+            raise KeyError_("a key name has 1 to 128 characters")
         secret = secret or new_secret()
         async with self.db.session() as session, session.begin():
             owner = await self._user(session, user, role)
@@ -103,9 +178,9 @@ class KeyStore:
                     name=name,
                     prefix=secret[:_PREFIX_LENGTH],
                     secret_hash=hash_secret(secret),
-                    models=models,
                     created_at=datetime.now(UTC),
                     expires_at=expires_at,
+                    **limits,
                 )
             )
             try:
@@ -122,19 +197,51 @@ class KeyStore:
                 return None
         return await self.create("admin", user="admin", role="admin", secret=secret)
 
-    async def list(self) -> list[KeyRecord]:
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(ApiKey, User).join(User, ApiKey.user_id == User.id).order_by(ApiKey.id)
-            )
-            return [_record(k, u) for k, u in rows.tuples()]
+    def _select(self) -> Any:
+        return select(
+            ApiKey.__table__,
+            User.name.label("user_name"),
+            User.role,
+            User.disabled_at,
+            User.balance_pusd.label("user_balance_pusd"),
+            User.spent_pusd.label("user_spent_pusd"),
+        ).join(User.__table__, ApiKey.user_id == User.id)
+
+    async def list(self, *, user: str | None = None) -> list[KeyRecord]:
+        query = self._select().order_by(ApiKey.id)
+        if user is not None:
+            query = query.where(User.name == user)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_record(row, row["user_name"], row["role"]) for row in rows]
+
+    async def get(self, name: str) -> KeyRecord:
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(self._select().where(ApiKey.name == name))).mappings().first()
+        if row is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        return _record(row, row["user_name"], row["role"])
+
+    async def update(self, name: str, **changes: Any) -> None:
+        """Change a key's limits (see LIMITS); its secret and spend stay as they are."""
+        unknown = set(changes) - set(LIMITS)
+        if unknown:
+            raise KeyError_(f"cannot change {', '.join(sorted(unknown))} of a key")
+        _check_limits(changes)
+        if not changes:
+            await self.get(name)
+            return
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(update(ApiKey).where(ApiKey.name == name).values(changes))
+        if not result.rowcount:
+            raise KeyNotFound(f"no key named {name!r}")
 
     async def _by_name(self, session: AsyncSession, name: str) -> ApiKey:
         key = (
             await session.execute(select(ApiKey).where(ApiKey.name == name))
         ).scalar_one_or_none()
         if key is None:
-            raise KeyError_(f"no key named {name!r}")
+            raise KeyNotFound(f"no key named {name!r}")
         return key
 
     async def reset(self, name: str) -> str:
@@ -157,11 +264,7 @@ class KeyStore:
 
     async def lookup_digest(self, digest: str) -> KeyRecord | None:
         # Core, not an ORM session: this runs for every key-cache miss on the request path.
-        query = (
-            select(ApiKey.__table__, User.name.label("user_name"), User.role, User.disabled_at)
-            .join(User.__table__, ApiKey.user_id == User.id)
-            .where(ApiKey.secret_hash == digest)
-        )
+        query = self._select().where(ApiKey.secret_hash == digest)
         async with self.db.engine.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
@@ -169,14 +272,4 @@ class KeyStore:
         # The index lookup already matched; compare again in constant time all the same.
         if not hmac.compare_digest(row["secret_hash"], digest) or row["disabled_at"] is not None:
             return None
-        return KeyRecord(
-            id=row["id"],
-            name=row["name"],
-            prefix=row["prefix"],
-            user=row["user_name"],
-            role=row["role"],
-            models=tuple(row["models"]) if row["models"] is not None else None,
-            created_at=row["created_at"],
-            revoked_at=row["revoked_at"],
-            expires_at=row["expires_at"],
-        )
+        return _record(row, row["user_name"], row["role"])

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a BIGSERIAL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -20,6 +35,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Money is integer picodollars (llmrelay.accounting.money). NULL balance: unlimited.
+    balance_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spent_pusd: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class ApiKey(Base):
@@ -35,6 +53,11 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # NULL credit: no limit; else the total this key may spend.
+    credit_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spent_pusd: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Channel(Base):
@@ -47,3 +70,65 @@ class Channel(Base):
     # The whole ChannelConfig, upstream keys included; listings never show the keys.
     config: Mapped[dict[str, object]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Price(Base):
+    """Prices per token in picodollars (given per million tokens in USD: the same number)."""
+
+    __tablename__ = "prices"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_pusd: Mapped[int] = mapped_column(BigInteger)
+    cached_input_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # = input
+    output_pusd: Mapped[int] = mapped_column(BigInteger)
+    reasoning_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # = output
+    per_search_pusd: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Ledger(Base):
+    """One row per request. ``rolled_up`` rows are already counted in ``usage_daily``."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_rolled_up_created_at", "rolled_up", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    # In UTC: SQLite keeps the wall time without its zone, and reports group by UTC day.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    model: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    search_calls: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status the client got
+    error_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rolled_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class UsageDaily(Base):
+    """Ledger rows summed per UTC day, key and model (key_id 0: requests without a key)."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    search_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_pusd: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,265 @@
+"""Durable ledger rows with group commit.
+
+:meth:`LedgerWriter.record` queues a row and returns once the transaction holding it has
+COMMITTED. One background task writes the queue: it waits ``max_delay`` seconds after the first
+row of a batch (or until ``max_batch`` rows wait), then writes the whole batch in one
+transaction: the ledger rows, and per user and per key the sum of their costs
+(``users.balance_pusd -= cost, users.spent_pusd += cost``; ``api_keys.spent_pusd += cost``;
+a NULL balance, unlimited, stays NULL). Rows that arrive while a transaction runs form the
+next batch, so under load one commit carries many requests.
+
+A caller that awaits :meth:`~LedgerWriter.record` before sending the last bytes of a response
+guarantees that the row survives a kill -9 of the process right afterwards: PostgreSQL commits
+are durable, and SQLite in WAL mode with ``synchronous=NORMAL`` (``store.db``) keeps every
+committed transaction through a process crash (only a power loss may drop the newest ones).
+
+A batch that fails is retried row by row, each in its own transaction, so only the callers of
+the rows that fail on their own see the error. :meth:`~LedgerWriter.stop` writes what is queued
+before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from llmrelay.accounting.money import Money
+from llmrelay.store.db import Database
+from llmrelay.store.tables import ApiKey, Ledger, User
+
+log = logging.getLogger("llmrelay.ledger")
+
+MAX_BATCH = 256
+MAX_DELAY = 0.002  # seconds a batch waits for more rows after its first one
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One request, as the ``ledger`` table holds it."""
+
+    request_id: str
+    model: str
+    status: int  # the HTTP status the client got
+    key_id: int | None = None
+    user_id: int | None = None
+    channel: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    search_calls: int = 0
+    estimated: bool = False
+    stream: bool = False
+    cost_pusd: Money = 0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    error_type: str | None = None
+    created_at: datetime = field(default_factory=_now)
+
+    def values(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: LedgerRow
+    done: asyncio.Future[None]
+
+
+def _sums(rows: list[LedgerRow], attribute: str) -> list[dict[str, int]]:
+    """Cost per user or key, in id order (one lock order for every writer: no deadlocks)."""
+    sums: dict[int, int] = defaultdict(int)
+    for row in rows:
+        ident = getattr(row, attribute)
+        if ident is not None and row.cost_pusd:
+            sums[ident] += row.cost_pusd
+    return [{"b_id": ident, "b_cost": sums[ident]} for ident in sorted(sums)]
+
+
+_CHARGE_USERS = (
+    update(User)
+    .where(User.id == bindparam("b_id"))
+    .values(
+        balance_pusd=User.balance_pusd - bindparam("b_cost"),
+        spent_pusd=User.spent_pusd + bindparam("b_cost"),
+    )
+)
+_CHARGE_KEYS = (
+    update(ApiKey)
+    .where(ApiKey.id == bindparam("b_id"))
+    .values(spent_pusd=ApiKey.spent_pusd + bindparam("b_cost"))
+)
+
+
+async def write_rows(conn: AsyncConnection, rows: list[LedgerRow]) -> None:
+    """The ledger rows and the balance updates they make, in ``conn``'s transaction."""
+    await conn.execute(insert(Ledger), [row.values() for row in rows])
+    users, keys = _sums(rows, "user_id"), _sums(rows, "key_id")
+    if users:
+        await conn.execute(_CHARGE_USERS, users)
+    if keys:
+        await conn.execute(_CHARGE_KEYS, keys)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Retrieve the outcome of a row nobody awaits any more (its caller was cancelled)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class LedgerWriter:
+    """Group-committing writer of ledger rows; one per process and database."""
+
+    def __init__(
+        self, db: Database, *, max_batch: int = MAX_BATCH, max_delay: float = MAX_DELAY
+    ) -> None:
+        if max_batch < 1 or max_delay < 0:
+            raise ValueError("max_batch must be at least 1 and max_delay not negative")
+        self.db = db
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.transactions = 0  # committed transactions (batches and row-by-row retries)
+        self.rows = 0  # rows committed
+        self.failed = 0  # rows that could not be written
+        self._queue: list[_Pending] = []
+        self._writing: list[_Pending] = []  # the batch in flight
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._closing
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.create_task(self._run(), name="llmrelay-ledger")
+
+    async def stop(self) -> None:
+        """Write every queued row, then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        self._full.set()
+        try:
+            await self._task
+        finally:
+            self._task = None
+
+    async def __aenter__(self) -> LedgerWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def submit(self, row: LedgerRow) -> asyncio.Future[None]:
+        """Queue ``row``; the future is done once the row is committed (or failed).
+
+        The row is written even if nobody awaits the future."""
+        if not self.running:
+            raise RuntimeError("the ledger writer is not running")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_consume)
+        self._queue.append(_Pending(row, done))
+        self._wakeup.set()
+        if len(self._queue) >= self.max_batch:
+            self._full.set()
+        return done
+
+    async def record(self, row: LedgerRow) -> None:
+        """Write ``row``; return once it is committed, or raise why it could not be.
+
+        Cancelling the caller does not cancel the write."""
+        await asyncio.shield(self.submit(row))
+
+    # -- the writer task ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._gather()
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                if len(self._queue) < self.max_batch and not self._closing:
+                    self._full.clear()
+                self._writing = batch
+                await self._write(batch)
+                self._writing = []
+        finally:
+            self._abandon()
+
+    async def _gather(self) -> None:
+        """Let more rows join the batch: up to ``max_delay``, or until ``max_batch`` wait."""
+        if self.max_delay and len(self._queue) < self.max_batch and not self._closing:
+            try:
+                async with asyncio.timeout(self.max_delay):
+                    await self._full.wait()
+            except TimeoutError:
+                pass
+
+    def _abandon(self) -> None:
+        """The task ended (stopped, cancelled or broken): no caller may wait forever."""
+        pending = self._writing + self._queue
+        self._writing, self._queue = [], []
+        for item in pending:
+            if not item.done.done():
+                item.done.set_exception(RuntimeError("the ledger writer stopped"))
+
+    async def _commit(self, rows: list[LedgerRow]) -> None:
+        async with self.db.engine.begin() as conn:
+            await write_rows(conn, rows)
+        self.transactions += 1
+        self.rows += len(rows)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit([item.row for item in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            log.warning(
+                "ledger batch of %d rows failed (%s); writing them one by one", len(batch), exc
+            )
+            for item in batch:
+                await self._write_one(item)
+            return
+        for item in batch:
+            if not item.done.done():
+                item.done.set_result(None)
+
+    async def _write_one(self, item: _Pending) -> None:
+        try:
+            await self._commit([item.row])
+        except Exception as exc:
+            self._fail(item, exc)
+        else:
+            if not item.done.done():
+                item.done.set_result(None)
+
+    def _fail(self, item: _Pending, exc: Exception) -> None:
+        self.failed += 1
+        log.error("ledger row for request %s not written: %s", item.row.request_id, exc)
+        if not item.done.done():
+            item.done.set_exception(exc)

@@ -1,0 +1,387 @@
+"""Budget reservations and rate limits: one :class:`Limiter` protocol, two backends.
+
+:class:`MemoryLimiter` keeps the state in this process (each call is atomic because it never
+awaits between its check and its update); :class:`~llmrelay.accounting.redis_limits.RedisLimiter`
+keeps it in Redis, shared by every process, with each call one Lua script.
+
+Budgets. The limiter holds, per key and per user, ``spent`` (what was settled, including
+spend the ledger has not committed yet) and ``reserved`` (reservations not settled yet). It
+learns ``spent`` from the database values a caller passes (the first time it sees a key or user,
+and whenever a later snapshot shows more), then adds each settled cost itself, so a cost is seen
+by later reservations before the ledger commits it. A reservation succeeds when
+
+    key:  spent + reserved + amount <= credit                 (credit None: no limit)
+    user: spent + reserved + amount <= balance + spent_in_db  (balance None: unlimited)
+
+``balance + spent_in_db`` is what the user was ever given: the ledger moves cost from the
+balance to ``spent`` in one statement, so the sum is the same in every snapshot, fresh or
+cached, and only a top-up changes it. A reservation left unsettled (a process killed mid-call)
+lapses after ``reservation_ttl`` seconds; idle state is forgotten after ``state_ttl``.
+
+Rate limits. Token buckets per key, for requests (``rpm``) and tokens (``tpm``): a bucket holds
+up to one minute's allowance and refills continuously, so a burst gets at most the limit and
+the limit is enforced exactly (to the request), as OpenAI's own limits behave. A bucket unit is
+1/60000 of a request or token, which keeps the arithmetic in integers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmrelay.accounting.money import Money
+from llmrelay.errors import InsufficientQuota, RateLimited
+
+WINDOW_MS = 60_000  # a bucket holds one minute's allowance
+RESERVATION_TTL = 1800.0  # seconds an unsettled reservation lasts
+STATE_TTL = 3600.0  # seconds idle budget state is kept
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Money held for one request until :meth:`Limiter.settle`."""
+
+    key_id: int
+    user_id: int
+    amount: Money
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    settled: bool = False
+
+    @property
+    def member(self) -> str:
+        """How the reservation is named in the limiter's state (its amount is part of it)."""
+        return f"{self.id}:{self.amount}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateStatus:
+    """A key's rate-limit state after a request: OpenAI's ``x-ratelimit-*`` headers.
+
+    Levels are bucket units (1/60000 of a request or token); None where there is no limit.
+    """
+
+    rpm: int | None = None
+    requests_level: int = 0
+    tpm: int | None = None
+    tokens_level: int = 0
+
+    def headers(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for kind, limit, level in (
+            ("requests", self.rpm, self.requests_level),
+            ("tokens", self.tpm, self.tokens_level),
+        ):
+            if limit is None:
+                continue
+            found[f"x-ratelimit-limit-{kind}"] = str(limit)
+            found[f"x-ratelimit-remaining-{kind}"] = str(max(0, level // WINDOW_MS))
+            found[f"x-ratelimit-reset-{kind}"] = duration_text(_time_to_full(level, limit))
+        return found
+
+
+class Limiter(Protocol):
+    async def reserve(
+        self,
+        key_id: int,
+        user_id: int,
+        amount: Money,
+        *,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> Reservation:
+        """Hold ``amount`` against the key's credit and the user's balance, atomically, or
+        raise :class:`~llmrelay.errors.InsufficientQuota`. ``key_spent``, ``user_balance`` and
+        ``user_spent`` are the database's values (a cached snapshot will do; see above)."""
+        ...
+
+    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+        """Release the reservation and count ``actual_cost`` as spent (idempotent)."""
+        ...
+
+    async def check_rate(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
+    ) -> RateStatus:
+        """Count one request of ``tokens`` (estimated) against the key's limits, or raise
+        :class:`~llmrelay.errors.RateLimited` with ``Retry-After`` and the headers."""
+        ...
+
+    async def add_tokens(self, key_id: int, delta: int) -> None:
+        """Correct the token estimate of a request by ``delta`` (actual − estimate)."""
+        ...
+
+    async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
+        """Drop what is known of a key's or user's spend (after an admin changed it)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# -- shared arithmetic and errors ---------------------------------------------------------------
+
+
+def duration_text(ms: int) -> str:
+    """OpenAI's reset format: ``"20ms"``, ``"1.5s"``, ``"1m0s"``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _time_to_full(level: int, limit: int) -> int:
+    return max(0, math.ceil((limit * WINDOW_MS - level) / limit)) if limit else 0
+
+
+def refill(level: int, at_ms: int, now_ms: int, limit: int) -> int:
+    """A bucket's level at ``now_ms``: it gains ``limit`` units per ms, up to one minute's."""
+    return min(limit * WINDOW_MS, level + max(0, now_ms - at_ms) * limit)
+
+
+def wait_ms(level: int, need: int, limit: int) -> int:
+    """How long until a bucket at ``level`` holds ``need`` units."""
+    return max(0, math.ceil((need - level) / limit)) if limit else 0
+
+
+def check_money(amount: Money, name: str = "amount") -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"{name} must be an int of picodollars")
+    if amount < 0:
+        raise ValueError(f"{name} must not be negative, got {amount}")
+
+
+def refused_outright(rpm: int | None, tpm: int | None, tokens: int) -> RateLimited | None:
+    """A request no amount of waiting admits: a zero RPM, or more tokens than the TPM."""
+    if rpm == 0:
+        return RateLimited(
+            "This key may not send requests: its limit is 0 requests per minute (RPM).",
+            headers=RateStatus(rpm=0).headers(),
+        )
+    if tpm is None or tokens <= tpm:
+        return None
+    return RateLimited(
+        f"Request too large: this key's limit is {tpm} tokens per minute (TPM), and the "
+        f"request needs {tokens}. Send fewer tokens or lower max_tokens.",
+        headers=RateStatus(tpm=tpm, tokens_level=0).headers(),
+    )
+
+
+def rate_error(status: RateStatus, wait: int, short: list[str]) -> RateLimited:
+    """The 429 for a request refused by the buckets named in ``short`` (requests, tokens)."""
+    seconds = max(1, math.ceil(wait / 1000))
+    limits = {"requests": f"requests per min (RPM): Limit {status.rpm}"}
+    limits["tokens"] = f"tokens per min (TPM): Limit {status.tpm}"
+    headers = status.headers() | {"Retry-After": str(seconds), "retry-after-ms": str(wait)}
+    return RateLimited(
+        f"Rate limit reached for this key on {' and '.join(limits[k] for k in short)}. "
+        f"Please try again in {duration_text(wait)}.",
+        headers=headers,
+        retry_after=float(seconds),
+    )
+
+
+def quota_error(who: str) -> InsufficientQuota:
+    if who == "key":
+        message = (
+            "You exceeded this API key's credit limit. Raise the key's credit or use another key."
+        )
+    else:
+        message = (
+            "You exceeded your current quota, please check your plan and billing details "
+            "(your balance does not cover this request)."
+        )
+    return InsufficientQuota(message)
+
+
+# -- the in-process backend ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Account:
+    spent: Money
+    touched_ms: int
+    reserved: Money = 0
+    holds: dict[str, tuple[Money, int]] = field(default_factory=dict)  # member → amount, end
+    next_lapse_ms: float = math.inf
+
+    def lapse(self, now_ms: int) -> None:
+        """Drop reservations past their deadline."""
+        if now_ms < self.next_lapse_ms:
+            return
+        for member, (amount, deadline) in list(self.holds.items()):
+            if deadline <= now_ms:
+                del self.holds[member]
+                self.reserved = max(0, self.reserved - amount)
+        self.next_lapse_ms = min((d for _, d in self.holds.values()), default=math.inf)
+
+    def release(self, member: str) -> None:
+        hold = self.holds.pop(member, None)
+        if hold is not None:
+            self.reserved = max(0, self.reserved - hold[0])
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: int
+    at_ms: int
+    limit: int
+
+
+class MemoryLimiter:
+    """The limiter for one process. Every method runs to completion without awaiting."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.time,
+        reservation_ttl: float = RESERVATION_TTL,
+        state_ttl: float = STATE_TTL,
+    ) -> None:
+        self._clock = clock
+        self._reservation_ms = int(reservation_ttl * 1000)
+        self._state_ms = int(state_ttl * 1000)
+        self._keys: dict[int, _Account] = {}
+        self._users: dict[int, _Account] = {}
+        self._buckets: dict[tuple[int, str], _Bucket] = {}
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _account(self, table: dict[int, _Account], ident: int, spent: Money, now: int) -> _Account:
+        account = table.get(ident)
+        if account is not None:
+            account.lapse(now)
+            if not account.holds and now - account.touched_ms > self._state_ms:
+                account = None  # idle: learn the spend afresh
+        if account is None:
+            account = table[ident] = _Account(spent=spent, touched_ms=now)
+        account.spent = max(account.spent, spent)
+        account.touched_ms = now
+        return account
+
+    async def reserve(
+        self,
+        key_id: int,
+        user_id: int,
+        amount: Money,
+        *,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> Reservation:
+        check_money(amount)
+        now = self._now()
+        key = self._account(self._keys, key_id, key_spent, now)
+        user = self._account(self._users, user_id, user_spent, now)
+        if key_credit is not None and key.spent + key.reserved + amount > key_credit:
+            raise quota_error("key")
+        funded = None if user_balance is None else user_balance + user_spent
+        if funded is not None and user.spent + user.reserved + amount > funded:
+            raise quota_error("user")
+        reservation = Reservation(key_id, user_id, amount)
+        deadline = now + self._reservation_ms
+        for account in (key, user):
+            account.reserved += amount
+            account.holds[reservation.member] = (amount, deadline)
+            account.next_lapse_ms = min(account.next_lapse_ms, deadline)
+        return reservation
+
+    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+        check_money(actual_cost, "actual_cost")
+        if reservation.settled:
+            return
+        reservation.settled = True
+        for table, ident in ((self._keys, reservation.key_id), (self._users, reservation.user_id)):
+            account = table.get(ident)
+            if account is not None:
+                account.release(reservation.member)
+                account.spent += actual_cost
+
+    def _bucket(self, key_id: int, kind: str, limit: int | None, now: int) -> _Bucket | None:
+        if limit is None:
+            self._buckets.pop((key_id, kind), None)
+            return None
+        bucket = self._buckets.get((key_id, kind))
+        if bucket is None:
+            bucket = self._buckets[(key_id, kind)] = _Bucket(limit * WINDOW_MS, now, limit)
+        bucket.level = refill(bucket.level, bucket.at_ms, now, bucket.limit)
+        bucket.level = min(bucket.level, limit * WINDOW_MS)
+        bucket.at_ms, bucket.limit = now, limit
+        return bucket
+
+    async def check_rate(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
+    ) -> RateStatus:
+        tokens = max(0, tokens)
+        error = refused_outright(rpm, tpm, tokens)
+        if error is not None:
+            raise error
+        now = self._now()
+        requests = self._bucket(key_id, "req", rpm, now)
+        token_bucket = self._bucket(key_id, "tok", tpm, now)
+        needs = (
+            ("requests", requests, WINDOW_MS),
+            ("tokens", token_bucket, tokens * WINDOW_MS),
+        )
+        waits = {kind: wait_ms(b.level, need, b.limit) for kind, b, need in needs if b is not None}
+        short = [kind for kind, wait in waits.items() if wait > 0]
+        if short:
+            status = _status(rpm, requests, tpm, token_bucket)
+            raise rate_error(status, max(waits.values()), short)
+        for _, bucket, need in needs:
+            if bucket is not None:
+                bucket.level -= need
+        return _status(rpm, requests, tpm, token_bucket)
+
+    async def add_tokens(self, key_id: int, delta: int) -> None:
+        bucket = self._buckets.get((key_id, "tok"))
+        if bucket is None or delta == 0:
+            return
+        now = self._now()
+        cap = bucket.limit * WINDOW_MS
+        level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
+        bucket.level, bucket.at_ms = max(-cap, min(cap, level)), now
+
+    async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
+        """Re-learn spend from the next snapshot; outstanding reservations stay held."""
+        for table, ident in ((self._keys, key_id), (self._users, user_id)):
+            account = table.get(ident) if ident is not None else None
+            if account is not None:
+                account.spent = 0
+
+    async def close(self) -> None:
+        self._keys.clear()
+        self._users.clear()
+        self._buckets.clear()
+
+
+def _status(
+    rpm: int | None, requests: _Bucket | None, tpm: int | None, tokens: _Bucket | None
+) -> RateStatus:
+    return RateStatus(
+        rpm=rpm,
+        requests_level=requests.level if requests is not None else 0,
+        tpm=tpm,
+        tokens_level=tokens.level if tokens is not None else 0,
+    )
+
+
+def create_limiter(
+    redis_url: str | None = None,
+    *,
+    reservation_ttl: float = RESERVATION_TTL,
+    state_ttl: float = STATE_TTL,
+) -> Limiter:
+    """A :class:`MemoryLimiter`, or a ``RedisLimiter`` when a Redis URL is configured."""
+    if not redis_url:
+        return MemoryLimiter(reservation_ttl=reservation_ttl, state_ttl=state_ttl)
+    from llmrelay.accounting.redis_limits import RedisLimiter
+
+    return RedisLimiter(redis_url, reservation_ttl=reservation_ttl, state_ttl=state_ttl)
