@@ -26,11 +26,17 @@ from llmrelay.stream import Chunk, Collector, Completion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+AttemptHook = Callable[[str, LLMRelayError | None], None]  # channel, the error (None: success)
+
+
+def _ignore_attempt(channel: str, error: LLMRelayError | None) -> None:
+    pass
 
 
 class Gateway:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, on_attempt: AttemptHook = _ignore_attempt) -> None:
         self.router = router
+        self.on_attempt = on_attempt  # told how each try of a backend ended (metrics)
 
     def _candidates(self, request: ChatRequest) -> list[Route]:
         """Routes able to honour the request; if none can, the first one's refusal."""
@@ -61,10 +67,12 @@ class Gateway:
             try:
                 result = await attempt(route)
             except LLMRelayError as exc:
+                self.on_attempt(route.name, exc)
                 if not exc.retryable:
                     raise
                 self._failed(route, exc, failures)
                 continue
+            self.on_attempt(route.name, None)
             if route.breaker is not None:
                 route.breaker.success()
             return route, result

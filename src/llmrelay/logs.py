@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
+
+# The id of the request being served: set once per request by the request-id middleware, in the
+# request's own task (so it never leaks into another request), and added to every line logged
+# while serving it. A ContextVar must live at module level; it holds no state of its own.
+REQUEST_ID: ContextVar[str] = ContextVar("llmrelay_request_id", default="")
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,9 +22,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None)
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
         if request_id:
             entry["request_id"] = request_id
+        fields = getattr(record, "fields", None)  # structured extras: log(..., extra={"fields": })
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

@@ -186,6 +186,7 @@ class ChunkRenderer:
         self.n = n
         self.include_usage = include_usage
         self.logprobs = logprobs
+        self.usage: Usage | None = None  # the stream's usage once it went by (for metrics)
 
     def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
         return chunk_event(self, "chat.completion.chunk", choices, usage)
@@ -246,6 +247,7 @@ class ChunkRenderer:
             case Finish():
                 return self._event([self._choice(chunk.index, {}, finish=chunk.reason)])
             case Usage():
+                self.usage = chunk
                 if not self.include_usage:
                     return b""
                 return self._event([], usage_wire(chunk))
@@ -260,6 +262,7 @@ class CompletionChunkRenderer:
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self.usage: Usage | None = None  # the stream's usage once it went by (for metrics)
 
     def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
         return chunk_event(self, "text_completion", choices, usage)
@@ -291,8 +294,10 @@ class CompletionChunkRenderer:
                         }
                     ]
                 )
-            case Usage() if self.include_usage:
-                return self._event([], usage_wire(chunk))
+            case Usage():
+                self.usage = chunk
+                if self.include_usage:
+                    return self._event([], usage_wire(chunk))
         return b""
 
 
