@@ -54,12 +54,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def wrk(url: str, body: dict[str, object], connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    url: str, body: dict[str, object], connections: int, seconds: int, key: str = ADMIN_KEY
+) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             f"wrk.method = 'POST'\nwrk.body = '{json.dumps(body)}'\n"
             "wrk.headers['Content-Type'] = 'application/json'\n"
-            f"wrk.headers['Authorization'] = 'Bearer {ADMIN_KEY}'\n"
+            f"wrk.headers['Authorization'] = 'Bearer {key}'\n"
         )
     threads = min(2, connections)
     out = subprocess.run(

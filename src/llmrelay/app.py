@@ -12,13 +12,17 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmrelay.accounting.ledger import LedgerWriter
+from llmrelay.accounting.limits import create_limiter
+from llmrelay.accounting.meter import Accounts, PriceBook
+from llmrelay.accounting.upkeep import ledger_upkeep
 from llmrelay.api import admin, chat, completions, health, models
+from llmrelay.api import metrics as metrics_api
 from llmrelay.api.context import AppContext
 from llmrelay.api.io import ClientGone, JSONResponse
+from llmrelay.api.observe import ObserveMiddleware
 from llmrelay.auth import Authenticator
-from llmrelay.dialects.render import new_id
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.errors import (
     InvalidRequest,
@@ -29,12 +33,15 @@ from llmrelay.errors import (
     internal_error,
 )
 from llmrelay.gateway import Gateway
+from llmrelay.metrics import Metrics
 from llmrelay.routing.channels import ChannelManager
 from llmrelay.routing.router import Router
 from llmrelay.settings import Settings
 from llmrelay.store.channels import ChannelStore
 from llmrelay.store.db import Database, migrate
 from llmrelay.store.keys import KeyStore
+from llmrelay.store.prices import PriceStore
+from llmrelay.store.usage import UsageStore
 
 log = logging.getLogger("llmrelay")
 
@@ -80,32 +87,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(internal_error())
 
 
-class RequestIdMiddleware:
-    """Every response carries ``x-request-id`` (the client's, if it sent a sane one)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
-                request_id = value.decode()
-        request_id = request_id or new_id("req", "_")
-        scope.setdefault("state", {})["request_id"] = request_id
-        raw = request_id.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
 def build_app(
     settings: Settings, *, on_admin_key: Callable[[str], None] = print_admin_key
 ) -> Starlette:
@@ -118,15 +99,27 @@ def build_app(
         circuit_cooldown=settings.circuit_cooldown_seconds,
     )
     channels = ChannelManager(settings, router, local, ChannelStore(db))
+    metrics = Metrics()
+    metrics.register(router.breakers, local.stats)
+    accounts = Accounts(
+        limiter=create_limiter(settings.redis_url, prefix=settings.redis_prefix),
+        ledger=LedgerWriter(db),
+        prices=PriceBook(PriceStore(db)),
+        estimate=channels.estimate,
+        default_reserve_tokens=settings.reserve_max_tokens,
+        enabled=settings.accounting,
+    )
     ctx = AppContext(
         settings=settings,
         db=db,
         keys=keys,
         auth=Authenticator(keys, cache_seconds=settings.key_cache_seconds),
         router=router,
-        gateway=Gateway(router),
+        gateway=Gateway(router, on_attempt=metrics.attempt),
         local=local,
         channels=channels,
+        metrics=metrics,
+        accounts=accounts,
     )
 
     @asynccontextmanager
@@ -137,6 +130,10 @@ def build_app(
         if created is not None and admin_secret is None:
             on_admin_key(created)
         await local.start()
+        await accounts.ledger.start()
+        upkeep = asyncio.get_running_loop().create_task(
+            ledger_upkeep(UsageStore(db), settings.ledger_retention_days)
+        )
         await channels.refresh()
         channels.start()
         ctx.ready = True
@@ -149,12 +146,22 @@ def build_app(
             yield
         finally:
             ctx.ready = False
+            upkeep.cancel()
             await channels.close()
             await local.close()
+            await accounts.ledger.stop()
+            await accounts.limiter.close()
             await db.close()
 
     app = Starlette(
-        routes=[*chat.routes, *completions.routes, *models.routes, *health.routes, *admin.routes],
+        routes=[
+            *chat.routes,
+            *completions.routes,
+            *models.routes,
+            *health.routes,
+            *admin.routes,
+            *metrics_api.routes,
+        ],
         exception_handlers={
             LLMRelayError: _on_relay_error,
             HTTPException: _on_http_error,
@@ -164,5 +171,5 @@ def build_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

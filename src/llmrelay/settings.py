@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path(user_data_dir("llmrelay", appauthor=False))
     database_url: str | None = None
+    redis_url: str | None = Field(
+        None, description="Redis for rate limits and reservations shared by several processes"
+    )
+    redis_prefix: str = Field(
+        "llmrelay", description="namespace of llmrelay's Redis keys (one per deployment)"
+    )
+    accounting: bool = Field(
+        True, description="meter requests: limits, reservations and the ledger (off: benchmarks)"
+    )
+    reserve_max_tokens: int = Field(
+        4096, ge=1, description="output tokens reserved for a request that sets no max_tokens"
+    )
+    ledger_retention_days: int = Field(
+        90, ge=1, description="per-request ledger rows kept; older ones live on as daily sums"
+    )
     default_model: str = BUNDLED_MODEL_NAME
     relaxed_json: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)

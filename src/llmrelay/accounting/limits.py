@@ -376,6 +376,7 @@ def _status(
 def create_limiter(
     redis_url: str | None = None,
     *,
+    prefix: str = "llmrelay",
     reservation_ttl: float = RESERVATION_TTL,
     state_ttl: float = STATE_TTL,
 ) -> Limiter:
@@ -384,4 +385,6 @@ def create_limiter(
         return MemoryLimiter(reservation_ttl=reservation_ttl, state_ttl=state_ttl)
     from llmrelay.accounting.redis_limits import RedisLimiter
 
-    return RedisLimiter(redis_url, reservation_ttl=reservation_ttl, state_ttl=state_ttl)
+    return RedisLimiter(
+        redis_url, prefix=prefix, reservation_ttl=reservation_ttl, state_ttl=state_ttl
+    )

@@ -8,8 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llmrelay.api import metered
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, SSEResponse, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, SSEResponse, read_json
+from llmrelay.api.observe import exchange
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_chat import parse_chat_request
 
@@ -26,13 +28,18 @@ async def chat_completions(request: Request) -> Response:
         default_model=ctx.settings.default_model,
     )
     ctx.auth.authorize_model(key, chat.model)
+    seen = exchange(request)
+    seen.model = chat.model
+    meter = await ctx.accounts.admit(key, chat, seen.request_id)
     if chat.stream:
-        info, chunks = await ctx.gateway.open(chat)
+        info, chunks = await metered.open_stream(ctx, chat, meter)
         renderer = render.ChunkRenderer(
             model=info.id, n=chat.n, include_usage=chat.include_usage, logprobs=chat.logprobs
         )
-        return SSEResponse(renderer, chunks)
-    info, completion = await until_disconnect(request, ctx.gateway.complete(chat))
+        seen.streaming(info.id, renderer)
+        return SSEResponse(renderer, chunks, meter)
+    info, completion = await metered.complete(request, ctx, chat, meter)
+    seen.answered(info.id, completion.usage)
     return JSONResponse(
         render.chat_completion(
             completion,
@@ -40,7 +47,8 @@ async def chat_completions(request: Request) -> Response:
             created=int(time.time()),
             model=info.id,
             logprobs=chat.logprobs,
-        )
+        ),
+        headers=meter.headers(),
     )
 
 

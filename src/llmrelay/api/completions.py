@@ -8,8 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llmrelay.api import metered
 from llmrelay.api.context import context
-from llmrelay.api.io import JSONResponse, SSEResponse, read_json, until_disconnect
+from llmrelay.api.io import JSONResponse, SSEResponse, read_json
+from llmrelay.api.observe import exchange
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_completions import parse_completion_request
 from llmrelay.errors import InvalidRequest
@@ -23,6 +25,8 @@ async def completions(request: Request) -> Response:
     )
     req = parse_completion_request(body, default_model=ctx.settings.default_model)
     ctx.auth.authorize_model(key, req.model)
+    seen = exchange(request)
+    seen.model = req.model
     route_info = ctx.router.model(req.model)
     if route_info.owned_by != "llmrelay":
         raise InvalidRequest(
@@ -30,11 +34,14 @@ async def completions(request: Request) -> Response:
             param="model",
             code="unsupported_endpoint",
         )
+    meter = await ctx.accounts.admit(key, req, seen.request_id)
     if req.stream:
-        info, chunks = await ctx.gateway.open(req)
+        info, chunks = await metered.open_stream(ctx, req, meter)
         renderer = render.CompletionChunkRenderer(model=info.id, include_usage=req.include_usage)
-        return SSEResponse(renderer, chunks)
-    info, completion = await until_disconnect(request, ctx.gateway.complete(req))
+        seen.streaming(info.id, renderer)
+        return SSEResponse(renderer, chunks, meter)
+    info, completion = await metered.complete(request, ctx, req, meter)
+    seen.answered(info.id, completion.usage)
     return JSONResponse(
         render.text_completion(
             completion,
@@ -42,7 +49,8 @@ async def completions(request: Request) -> Response:
             created=int(time.time()),
             model=info.id,
             prefix=req.raw_prompt if req.echo and req.raw_prompt else "",
-        )
+        ),
+        headers=meter.headers(),
     )
 
 

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from llmrelay.accounting.meter import Accounts
 from llmrelay.auth import Authenticator
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.gateway import Gateway
+from llmrelay.metrics import Metrics
 from llmrelay.routing.channels import ChannelManager
 from llmrelay.routing.router import Router
 from llmrelay.settings import Settings
@@ -26,6 +28,8 @@ class AppContext:
     gateway: Gateway
     local: LocalProvider
     channels: ChannelManager
+    metrics: Metrics
+    accounts: Accounts
     ready: bool = False
 
 

@@ -15,7 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llmrelay import jsonio
 from llmrelay.dialects.render import DONE, sse_error
 from llmrelay.errors import LLMRelayError, PayloadTooLarge, internal_error
-from llmrelay.stream import Chunk
+from llmrelay.stream import Chunk, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,9 +101,25 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 class ChunkRenderer(Protocol):
+    usage: Usage | None  # the stream's usage once it went by
+
     def start(self) -> bytes: ...
 
     def render(self, chunk: Chunk) -> bytes: ...
+
+
+class StreamMeter(Protocol):
+    """What accounts for a stream (see ``accounting.meter.Meter``)."""
+
+    def headers(self) -> dict[str, str]: ...
+
+    async def finished(
+        self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
+    ) -> None:
+        """The stream is about to end (before its last bytes): settle and record."""
+
+    def abandoned(self, usage: Usage | None, generated: list[str]) -> None:
+        """The client left: charge what was generated, without waiting."""
 
 
 class SSEResponse(Response):
@@ -113,10 +129,17 @@ class SSEResponse(Response):
     leaving (uvicorn speaks ASGI 2.3); a :class:`DisconnectWatch` that cancels the stream does
     the same job at a fraction of the cost. Rendering happens here rather than in a generator
     of its own: one async layer less per chunk. An error after the stream started ends it with
-    an SSE error event; the chunk stream is always closed, which closes the upstream.
+    an SSE error event; the chunk stream is always closed, which closes the upstream. With a
+    ``meter``, the request is settled and its ledger row committed before the last bytes go
+    out, and a stream the client cut is charged for what was generated.
     """
 
-    def __init__(self, renderer: ChunkRenderer, chunks: AsyncIterator[Chunk]) -> None:
+    def __init__(
+        self,
+        renderer: ChunkRenderer,
+        chunks: AsyncIterator[Chunk],
+        meter: StreamMeter | None = None,
+    ) -> None:
         # No Response.__init__: it would declare Content-Length for the empty initial body.
         self.status_code = 200
         self.background = None
@@ -125,15 +148,21 @@ class SSEResponse(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
+        if meter is not None:
+            self.raw_headers += [(k.encode(), v.encode()) for k, v in meter.headers().items()]
         self.renderer = renderer
         self.chunks = chunks
+        self.meter = meter
+        self.generated: list[str] = []  # text relayed so far, for a stream cut short
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = DisconnectWatch(receive)
+        ended = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send(_more(self.renderer.start()))
             tail = await self._relay(send)
+            ended = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not watch.gone:
@@ -143,6 +172,8 @@ class SSEResponse(Response):
             pass  # the client went away while we were writing
         finally:
             watch.close()
+            if not ended and self.meter is not None:
+                self.meter.abandoned(self.renderer.usage, self.generated)
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -150,17 +181,29 @@ class SSEResponse(Response):
     async def _relay(self, send: Send) -> bytes:
         """Send every chunk; what ends the stream: ``[DONE]`` or an error event."""
         render = self.renderer.render
+        generated = self.generated if self.meter is not None else None
+        error: LLMRelayError | None = None
         try:
             async for chunk in self.chunks:
+                if generated is not None:
+                    if isinstance(chunk, TextDelta | ReasoningDelta):
+                        generated.append(chunk.text)
+                    elif isinstance(chunk, ToolCallDelta):
+                        generated.append(chunk.arguments)
                 data = render(chunk)
                 if data:
                     await send(_more(data))
         except LLMRelayError as exc:
-            return sse_error(exc)
+            error = exc
         except Exception:
             log.exception("stream failed after it started")
-            return sse_error(internal_error())
-        return DONE
+            error = internal_error()
+        if self.meter is not None:
+            try:
+                await self.meter.finished(self.renderer.usage, self.generated, error)
+            except LLMRelayError as exc:
+                error = error or exc
+        return DONE if error is None else sse_error(error)
 
 
 def _more(data: bytes) -> Message:

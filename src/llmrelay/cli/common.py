@@ -31,6 +31,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", None),
         relaxed_json=getattr(args, "relaxed_json", None),
         log_level=getattr(args, "log_level", None),
+        redis_url=getattr(args, "redis_url", None),
     )
 
 

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="accept JSON5 bodies (trailing commas, comments)",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--redis-url", help="Redis URL: rate limits and reservations shared by several processes"
+    )
 
 
 def run(settings: Settings) -> int:

@@ -1,0 +1,212 @@
+"""Per request: admit (rate check, reservation), then settle and write the ledger row.
+
+:meth:`Accounts.admit` runs before a request reaches a backend: it counts the request against
+the key's RPM/TPM and reserves the most the request may cost against the key's credit and the
+user's balance, atomically (in memory, or in Redis shared by several processes). The
+:class:`Meter` it returns ends the request exactly once: :meth:`Meter.close` settles the exact
+cost and waits until the ledger row is committed (callers do that before sending a response's
+last bytes), :meth:`Meter.close_later` does the same without waiting, for requests the client
+abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
+from llmrelay.accounting.limits import Limiter, RateStatus, Reservation
+from llmrelay.accounting.money import Money
+from llmrelay.accounting.pricing import usage_cost, worst_case
+from llmrelay.errors import LLMRelayError
+from llmrelay.request import ChatRequest, ImagePart
+from llmrelay.store.keys import KeyRecord
+from llmrelay.store.prices import PriceRecord, PriceStore
+from llmrelay.stream import Usage
+
+log = logging.getLogger(__name__)
+IMAGE_TOKENS = 2_000  # what one input image may count as upstream, at most, for a reservation
+MESSAGE_TOKENS = 8  # a chat template's tokens around each message
+
+
+def prompt_bound(request: ChatRequest) -> int:
+    """An upper bound of the prompt's tokens that costs no tokenizer run: byte-level BPE
+    vocabularies never need more than one token per UTF-8 byte."""
+    total = 16
+    for message in request.messages:
+        total += MESSAGE_TOKENS + len(message.text().encode())
+        total += IMAGE_TOKENS * sum(isinstance(p, ImagePart) for p in message.content)
+    for tool in request.tools:
+        total += len(repr(tool).encode())
+    if request.raw_prompt is not None:
+        total += len(request.raw_prompt.encode())
+    return total
+
+
+class PriceBook:
+    """Prices by model from the database, reloaded every ``ttl`` seconds (one query at a time),
+    so a price set with the CLI applies to a running server without a restart."""
+
+    def __init__(self, store: PriceStore, ttl: float = 2.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._prices: dict[str, PriceRecord] = {}
+        self._expires = 0.0
+        self._loading: asyncio.Task[None] | None = None
+
+    async def get(self, model: str) -> PriceRecord | None:
+        if time.monotonic() >= self._expires:
+            if self._loading is None or self._loading.done():
+                self._loading = asyncio.get_running_loop().create_task(self._load())
+            await asyncio.shield(self._loading)
+        return self._prices.get(model.lower())
+
+    async def _load(self) -> None:
+        self._prices = {p.model.lower(): p for p in await self.store.list()}
+        self._expires = time.monotonic() + self.ttl
+
+
+@dataclass(slots=True)
+class Accounts:
+    limiter: Limiter
+    ledger: LedgerWriter
+    prices: PriceBook
+    estimate: Callable[[str], int]  # tokens of a text (the bundled tokenizer)
+    default_reserve_tokens: int = 4096  # output reserved when a request sets no max_tokens
+    enabled: bool = True  # off: requests are neither limited nor recorded
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def admit(self, key: KeyRecord, request: ChatRequest, request_id: str) -> Meter:
+        if not self.enabled:
+            return Meter(self, key, request, request_id, None, closed=True)
+        price = await self.prices.get(request.model)
+        meter = Meter(self, key, request, request_id, price)
+        if not key.metered:
+            return meter
+        prompt = prompt_bound(request)
+        output = (request.max_tokens or self.default_reserve_tokens) * request.n
+        meter.tokens = prompt + output
+        meter.rate = await self.limiter.check_rate(key.id, key.rpm, key.tpm, meter.tokens)
+        amount = worst_case(price, prompt_tokens=prompt, max_tokens=output)
+        if key.credit_pusd is not None or key.user_balance_pusd is not None:
+            meter.reservation = await self.limiter.reserve(
+                key.id,
+                key.user_id,
+                amount,
+                key_credit=key.credit_pusd,
+                key_spent=key.spent_pusd,
+                user_balance=key.user_balance_pusd,
+                user_spent=key.user_spent_pusd,
+            )
+        return meter
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+@dataclass(slots=True)
+class Meter:
+    """One request's accounting; ended exactly once by :meth:`close` or :meth:`close_later`."""
+
+    accounts: Accounts
+    key: KeyRecord
+    request: ChatRequest
+    request_id: str
+    price: PriceRecord | None
+    started: float = field(default_factory=time.perf_counter)
+    tokens: int = 0  # the estimate counted against the key's TPM
+    rate: RateStatus | None = None
+    reservation: Reservation | None = None
+    channel: str | None = None  # set once a backend answers
+    first_chunk: float = 0.0  # perf_counter() when a stream's first chunk was ready
+    closed: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.rate.headers() if self.rate is not None else {}
+
+    def answered_by(self, channel: str) -> None:
+        self.channel = channel
+        if self.request.stream:
+            self.first_chunk = time.perf_counter()
+
+    def cut_usage(self, generated: list[str]) -> Usage:
+        """What a request cut short used, by the tokenizer (marked estimated)."""
+        estimate = self.accounts.estimate
+        prompt = self.request.raw_prompt or "\n".join(m.text() for m in self.request.messages)
+        return Usage(estimate(prompt), estimate("".join(generated)), estimated=True)
+
+    def _row(self, usage: Usage | None, status: int, error: str | None) -> tuple[LedgerRow, Money]:
+        cost = usage_cost(self.price, usage) if usage is not None else 0
+        elapsed = time.perf_counter() - self.started
+        ttft = self.first_chunk - self.started if self.first_chunk else None
+        row = LedgerRow(
+            request_id=self.request_id,
+            model=self.request.model,
+            status=status,
+            key_id=self.key.id,
+            user_id=self.key.user_id,
+            channel=self.channel,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            estimated=usage.estimated if usage else False,
+            stream=self.request.stream,
+            cost_pusd=cost,
+            latency_ms=round(elapsed * 1000),
+            ttft_ms=round(ttft * 1000) if ttft is not None else None,
+            error_type=error,
+        )
+        return row, cost
+
+    async def _settle(self, usage: Usage | None, cost: Money) -> None:
+        limiter = self.accounts.limiter
+        if self.reservation is not None:
+            await limiter.settle(self.reservation, cost)
+        if self.rate is not None and self.key.tpm is not None:
+            used = usage.total_tokens if usage is not None else 0
+            await limiter.add_tokens(self.key.id, used - self.tokens)
+
+    async def close(
+        self, usage: Usage | None, *, status: int = 200, error: str | None = None
+    ) -> None:
+        """Settle and wait until the ledger row is committed."""
+        if self.closed:
+            return
+        self.closed = True
+        row, cost = self._row(usage, status, error)
+        await self._settle(usage, cost)
+        await self.accounts.ledger.record(row)
+
+    def close_later(self, usage: Usage | None, *, status: int, error: str | None) -> None:
+        """Settle and record without waiting (the client left, or the request failed): safe to
+        call from a cancelled task."""
+        if self.closed:
+            return
+        self.closed = True
+        row, cost = self._row(usage, status, error)
+        self.accounts.ledger.submit(row)
+        if self.reservation is not None or self.rate is not None:
+            task = asyncio.get_running_loop().create_task(self._settle(usage, cost))
+            self.accounts.keep(task)
+
+    def failed(self, error: LLMRelayError) -> None:
+        """Nothing was generated for the client: nothing is charged, the row says why."""
+        self.close_later(None, status=error.status, error=error.type)
+
+    async def finished(
+        self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
+    ) -> None:
+        """A stream is about to send its last bytes."""
+        usage = usage or (self.cut_usage(generated) if generated else None)
+        await self.close(usage, error=error.type if error is not None else None)
+
+    def abandoned(self, usage: Usage | None, generated: list[str]) -> None:
+        """The client left mid-answer: charge what was generated."""
+        self.close_later(
+            usage or self.cut_usage(generated), status=499, error="client_disconnected"
+        )
