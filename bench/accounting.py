@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench._server import ADMIN_KEY, free_port, running_server
-from bench.relay import process, wrk
+from bench.relay import cpu_seconds, process, wrk
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -72,10 +72,14 @@ def configs(upstream: str, pg_url: str) -> dict[str, dict[str, Any]]:
     }
 
 
+Row = tuple[str, str, str]
+
+
 def measure(
-    servers: dict[str, tuple[str, str]], seconds: int, rounds: int
-) -> dict[tuple[str, str, str], float]:
-    results: dict[tuple[str, str, str], list[float]] = {}
+    servers: dict[str, tuple[str, str, int]], seconds: int, rounds: int
+) -> dict[Row, tuple[float, float]]:
+    """Median req/s and llmrelay CPU µs per request, per (mode, configuration, key)."""
+    results: dict[Row, list[tuple[float, float]]] = {}
     names = list(servers)
     for round_ in range(rounds):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
@@ -88,13 +92,18 @@ def measure(
             }
             mode = "stream" if stream else "json"
             for name in order:
-                url, key = servers[name]
+                url, key, pid = servers[name]
                 for who, secret in (("admin", ADMIN_KEY), ("metered", key)):
                     target = url + "/v1/chat/completions"
                     wrk(target, body, 32, 1, secret)
+                    before = cpu_seconds(pid)
                     rps = wrk(target, body, 32, seconds, secret)["rps"]
-                    results.setdefault((mode, name, who), []).append(rps)
-    return {k: statistics.median(v) for k, v in results.items()}
+                    cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+                    results.setdefault((mode, name, who), []).append((rps, cpu))
+    return {
+        k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+        for k, v in results.items()
+    }
 
 
 def main() -> None:
@@ -114,16 +123,20 @@ def main() -> None:
             )
             servers = {}
             for name, config in configs(upstream, pg_url).items():
-                url = stack.enter_context(running_server(config))
-                servers[name] = (url, metered_key(url))
+                pids: list[int] = []
+                url = stack.enter_context(running_server(config, pids=pids))
+                servers[name] = (url, metered_key(url), pids[0])
             medians = measure(servers, args.seconds, args.rounds)
     finally:
         drop_database(pg_url)
-    print("| mode | accounting | key | req/s | vs off |")
-    print("|---|---|---|---:|---:|")
-    for (mode, name, who), rps in sorted(medians.items()):
-        off = medians[(mode, "off", who)]
-        print(f"| {mode} | {name} | {who} | {rps:.0f} | {rps / off:.2f} |")
+    print("| mode | accounting | key | req/s | vs off | CPU µs/request | vs off |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for (mode, name, who), (rps, cpu) in sorted(medians.items()):
+        off_rps, off_cpu = medians[(mode, "off", who)]
+        print(
+            f"| {mode} | {name} | {who} | {rps:.0f} | {rps / off_rps:.2f} "
+            f"| {cpu:.0f} | {cpu / off_cpu:.2f} |"
+        )
 
 
 if __name__ == "__main__":

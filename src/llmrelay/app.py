@@ -103,7 +103,9 @@ def build_app(
     metrics.register(router.breakers, local.stats)
     accounts = Accounts(
         limiter=create_limiter(settings.redis_url, prefix=settings.redis_prefix),
-        ledger=LedgerWriter(db),
+        ledger=LedgerWriter(
+            db, max_delay=0.0
+        ),  # rows that arrive during a commit form the next batch
         prices=PriceBook(PriceStore(db)),
         estimate=channels.estimate,
         default_reserve_tokens=settings.reserve_max_tokens,

@@ -179,7 +179,7 @@ class Meter:
             return
         self.closed = True
         row, cost = self._row(usage, status, error)
-        await self._settle(usage, cost)
+        self._settle_soon(usage, cost)
         await self.accounts.ledger.record(row)
 
     def close_later(self, usage: Usage | None, *, status: int, error: str | None) -> None:
@@ -190,6 +190,12 @@ class Meter:
         self.closed = True
         row, cost = self._row(usage, status, error)
         self.accounts.ledger.submit(row)
+        self._settle_soon(usage, cost)
+
+    def _settle_soon(self, usage: Usage | None, cost: Money) -> None:
+        # Settling late is safe (the reservation holds the worst case until then), so the
+        # response does not wait for it; a task of its own also survives the caller's
+        # cancellation.
         if self.reservation is not None or self.rate is not None:
             task = asyncio.get_running_loop().create_task(self._settle(usage, cost))
             self.accounts.keep(task)
