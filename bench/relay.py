@@ -131,6 +131,7 @@ def main() -> None:
         "local_models": [{"n_ctx": 256, "n_threads": 1}],
         "channels": [{"name": "bench", "base_url": upstream, "models": ["bench"]}],
         "log_level": "warning",
+        "accounting": False,  # gateway overhead alone; bench/accounting.py measures accounting
     }
     pids: list[int] = []
     with (

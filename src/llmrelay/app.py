@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from llmrelay.accounting.ledger import LedgerWriter
 from llmrelay.accounting.limits import create_limiter
@@ -20,6 +21,7 @@ from llmrelay.accounting.upkeep import ledger_upkeep
 from llmrelay.api import admin, chat, completions, health, models
 from llmrelay.api import metrics as metrics_api
 from llmrelay.api.context import AppContext
+from llmrelay.api.hot import ErrorHandler, HotRoutes
 from llmrelay.api.io import ClientGone, JSONResponse
 from llmrelay.api.observe import ObserveMiddleware
 from llmrelay.auth import Authenticator
@@ -89,7 +91,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 def build_app(
     settings: Settings, *, on_admin_key: Callable[[str], None] = print_admin_key
-) -> Starlette:
+) -> ASGIApp:
     db = Database(settings.resolved_database_url)
     keys = KeyStore(db)
     local = LocalProvider(settings.local_models)
@@ -155,6 +157,12 @@ def build_app(
             await accounts.limiter.close()
             await db.close()
 
+    handlers: dict[type[Exception], ErrorHandler] = {
+        LLMRelayError: _on_relay_error,
+        HTTPException: _on_http_error,
+        ClientGone: _on_client_gone,
+        Exception: _on_unexpected,
+    }
     app = Starlette(
         routes=[
             *chat.routes,
@@ -164,14 +172,9 @@ def build_app(
             *admin.routes,
             *metrics_api.routes,
         ],
-        exception_handlers={
-            LLMRelayError: _on_relay_error,
-            HTTPException: _on_http_error,
-            ClientGone: _on_client_gone,
-            Exception: _on_unexpected,
-        },
+        exception_handlers=dict(handlers),
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    app.add_middleware(ObserveMiddleware, metrics=metrics, access_log=settings.access_log)
-    return app
+    hot = HotRoutes(app, [*chat.routes, *completions.routes], handlers)
+    return ObserveMiddleware(hot, metrics=metrics, access_log=settings.access_log)
