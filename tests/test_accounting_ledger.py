@@ -83,9 +83,11 @@ async def _state(db: Database) -> dict[str, Any]:
     }
 
 
-def _count_commits(db: Database) -> list[int]:
+def _count_commits(db: Database, writer: LedgerWriter) -> list[int]:
+    """Commits on the engine the writer writes with (SQLite: its own synchronous one)."""
     commits: list[int] = []
-    event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(1))
+    engine = writer._sqlite or db.engine.sync_engine
+    event.listen(engine, "commit", lambda conn: commits.append(1))
     return commits
 
 
@@ -138,8 +140,9 @@ def test_rows_and_balances_are_committed(url: str) -> None:
 def test_concurrent_rows_share_transactions(url: str) -> None:
     async def work(db: Database) -> tuple[list[int], LedgerWriter, dict[str, Any]]:
         ids = await _accounts(db)
-        commits = _count_commits(db)
-        async with LedgerWriter(db, max_delay=0.005) as writer:
+        writer = LedgerWriter(db, max_delay=0.005)
+        commits = _count_commits(db, writer)
+        async with writer:
             rows = [_row(f"r{i}", ids, ("ann", "bob")[i % 2], cost=i) for i in range(400)]
             await asyncio.gather(*(writer.record(row) for row in rows))
         return commits, writer, await _state(db)

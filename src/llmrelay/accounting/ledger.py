@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Engine, Executable, bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmrelay.accounting.money import Money
@@ -106,14 +106,29 @@ _CHARGE_KEYS = (
 )
 
 
-async def write_rows(conn: AsyncConnection, rows: list[LedgerRow]) -> None:
-    """The ledger rows and the balance updates they make, in ``conn``'s transaction."""
-    await conn.execute(insert(Ledger), [row.values() for row in rows])
+def _statements(rows: list[LedgerRow]) -> list[tuple[Executable, list[dict[str, Any]]]]:
+    """The ledger rows and the balance updates they make, as (statement, parameters)."""
+    found: list[tuple[Executable, list[dict[str, Any]]]] = [
+        (insert(Ledger), [row.values() for row in rows])
+    ]
     users, keys = _sums(rows, "user_id"), _sums(rows, "key_id")
     if users:
-        await conn.execute(_CHARGE_USERS, users)
+        found.append((_CHARGE_USERS, users))
     if keys:
-        await conn.execute(_CHARGE_KEYS, keys)
+        found.append((_CHARGE_KEYS, keys))
+    return found
+
+
+async def write_rows(conn: AsyncConnection, rows: list[LedgerRow]) -> None:
+    """The ledger rows and the balance updates they make, in ``conn``'s transaction."""
+    for statement, params in _statements(rows):
+        await conn.execute(statement, params)
+
+
+def _write_rows_now(engine: Engine, rows: list[LedgerRow]) -> None:
+    with engine.begin() as conn:
+        for statement, params in _statements(rows):
+            conn.execute(statement, params)
 
 
 def _consume(future: asyncio.Future[None]) -> None:
@@ -131,6 +146,7 @@ class LedgerWriter:
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be at least 1 and max_delay not negative")
         self.db = db
+        self._sqlite = db.sqlite_writer()
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.transactions = 0  # committed transactions (batches and row-by-row retries)
@@ -163,6 +179,8 @@ class LedgerWriter:
             await self._task
         finally:
             self._task = None
+            if self._sqlite is not None:
+                self._sqlite.dispose()
 
     async def __aenter__(self) -> LedgerWriter:
         await self.start()
@@ -231,8 +249,11 @@ class LedgerWriter:
                 item.done.set_exception(RuntimeError("the ledger writer stopped"))
 
     async def _commit(self, rows: list[LedgerRow]) -> None:
-        async with self.db.engine.begin() as conn:
-            await write_rows(conn, rows)
+        if self._sqlite is not None:
+            await asyncio.to_thread(_write_rows_now, self._sqlite, rows)
+        else:
+            async with self.db.engine.begin() as conn:
+                await write_rows(conn, rows)
         self.transactions += 1
         self.rows += len(rows)
 

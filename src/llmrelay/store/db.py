@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -59,6 +59,15 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def sqlite_writer(self) -> Engine | None:
+        """For SQLite, a synchronous engine on the same file: a whole transaction then runs on
+        one worker thread in one hop, where aiosqlite hops to its thread once per statement."""
+        if not self.url.startswith("sqlite"):
+            return None
+        engine = create_engine(sync_url(self.url))
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
 
     async def close(self) -> None:
         await self.engine.dispose()
