@@ -205,6 +205,10 @@ def _shared_limits(first: Server, second: Server) -> None:
     assert spent(first, "users", "u-shared") == (0, 10 * ANSWER_PUSD)
     rpm = first.create_key("k-shared-rpm", "--rpm", "6")
     assert statuses(fire(urls, [rpm], 30)) == {200: 6, 429: 24}
+    # 18 tokens an answer, 33 counted up front: 3 to 5 of 100 a minute, never more.
+    tpm = first.create_key("k-shared-tpm", "--tpm", "100")
+    passed = statuses(fire(urls, [tpm], 12)).get(200, 0)
+    assert 3 <= passed <= 5
 
 
 def test_a_received_answer_survives_kill_9(
