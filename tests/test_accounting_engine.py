@@ -215,6 +215,26 @@ def test_settle_releases_once_and_counts_the_actual_cost(backend: Backend) -> No
     run(work())
 
 
+def test_finish_settles_and_corrects_tokens_in_one_call(backend: Backend) -> None:
+    async def work() -> None:
+        limiter = backend.make()
+        credit = {"key_credit": 100, "key_spent": 0}
+        held = await _reserve(limiter, 1, 60, **credit)
+        assert held is not None
+        status = await limiter.check_rate(1, None, 10, 8)  # 8 of 10 tokens counted up front
+        assert status.headers()["x-ratelimit-remaining-tokens"] == "2"
+        await limiter.finish(held, 30, 1, -6)  # 30 spent; only 2 tokens were used
+        await limiter.finish(held, 30, 1, 0)  # settled once: a second finish changes nothing
+        assert await _reserve(limiter, 1, 71, **credit) is None
+        assert await _reserve(limiter, 1, 70, **credit) is not None
+        again = await limiter.check_rate(1, None, 10, 8)  # 6 tokens came back
+        assert again.headers()["x-ratelimit-remaining-tokens"] == "0"
+        await limiter.finish(None, 0, 1, 0)  # nothing to do
+        await limiter.close()
+
+    run(work())
+
+
 def test_spend_is_learned_from_snapshots_without_double_counting(backend: Backend) -> None:
     async def work() -> None:
         limiter = backend.make()

@@ -116,6 +116,13 @@ class Limiter(Protocol):
         """Correct the token estimate of a request by ``delta`` (actual − estimate)."""
         ...
 
+    async def finish(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        """:meth:`settle` (when there is a reservation) and :meth:`add_tokens` (when
+        ``token_delta`` is not 0), in one round trip where the backend has round trips."""
+        ...
+
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Drop what is known of a key's or user's spend (after an admin changed it)."""
         ...
@@ -348,6 +355,13 @@ class MemoryLimiter:
         cap = bucket.limit * WINDOW_MS
         level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
         bucket.level, bucket.at_ms = max(-cap, min(cap, level)), now
+
+    async def finish(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        if reservation is not None:
+            await self.settle(reservation, actual_cost)
+        await self.add_tokens(key_id, token_delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Re-learn spend from the next snapshot; outstanding reservations stay held."""

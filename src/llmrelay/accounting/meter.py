@@ -164,12 +164,10 @@ class Meter:
         return row, cost
 
     async def _settle(self, usage: Usage | None, cost: Money) -> None:
-        limiter = self.accounts.limiter
-        if self.reservation is not None:
-            await limiter.settle(self.reservation, cost)
+        delta = 0
         if self.rate is not None and self.key.tpm is not None:
-            used = usage.total_tokens if usage is not None else 0
-            await limiter.add_tokens(self.key.id, used - self.tokens)
+            delta = (usage.total_tokens if usage is not None else 0) - self.tokens
+        await self.accounts.limiter.finish(self.reservation, cost, self.key.id, delta)
 
     async def close(
         self, usage: Usage | None, *, status: int = 200, error: str | None = None

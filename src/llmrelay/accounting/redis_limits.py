@@ -335,6 +335,32 @@ class RedisLimiter:
             keys = self._rate_keys(key_id)[1:]
             await self._run(self._add_tokens, keys, [self._now(), WINDOW_MS, delta])
 
+    async def finish(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        check_money(actual_cost, "actual_cost")
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for both scripts
+        if reservation is not None and not reservation.settled:
+            reservation.settled = True
+            keys = self._budget_keys(reservation.key_id, reservation.user_id)
+            args: list[str | int] = [
+                reservation.member,
+                str(reservation.amount),
+                str(actual_cost),
+                self._state_ms,
+            ]
+            await self._settle(keys=keys, args=args, client=pipe)
+        if token_delta:
+            keys = self._rate_keys(key_id)[1:]
+            await self._add_tokens(
+                keys=keys, args=[self._now(), WINDOW_MS, token_delta], client=pipe
+            )
+        if len(pipe):
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                raise _unreachable(exc) from exc
+
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         keys = [f"{self.prefix}:key:{key_id}"] if key_id is not None else []
         keys += [f"{self.prefix}:user:{user_id}"] if user_id is not None else []
