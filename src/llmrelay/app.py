@@ -25,6 +25,7 @@ from llmrelay.api.hot import ErrorHandler, HotRoutes
 from llmrelay.api.io import ClientGone, JSONResponse
 from llmrelay.api.observe import ObserveMiddleware
 from llmrelay.auth import Authenticator
+from llmrelay.console import routes as console_routes
 from llmrelay.engine.provider import LocalProvider
 from llmrelay.errors import (
     InvalidRequest,
@@ -171,6 +172,7 @@ def build_app(
             *health.routes,
             *admin.routes,
             *metrics_api.routes,
+            *console_routes,
         ],
         exception_handlers=dict(handlers),
         lifespan=lifespan,
