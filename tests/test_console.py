@@ -1,0 +1,182 @@
+"""The web console in a real headless Chromium (Playwright) against a real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+
+# Under CI a missing Chromium fails the tests instead of skipping them.
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs /usr/bin/chromium"
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("console"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[playwright_api.Browser]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: playwright_api.Browser, srv: Server) -> Iterator[playwright_api.Page]:
+    context = browser.new_context(base_url=srv.url, viewport={"width": 1280, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=srv.url)
+    yield context.new_page()
+    context.close()
+
+
+def sign_in(page: playwright_api.Page, key: str) -> None:
+    page.goto("/console/login")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/console/keys")
+
+
+def create(page: playwright_api.Page, name: str, user: str = "") -> str:
+    page.goto("/console/keys")
+    page.get_by_label("Name").fill(name)
+    if user:
+        page.get_by_label("User").fill(user)
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#secret").input_value()
+    assert secret.startswith("sk-")
+    return secret
+
+
+def models_status(srv: Server, secret: str) -> int:
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key=secret, max_retries=0)
+    try:
+        client.models.list()
+    except openai.AuthenticationError:
+        return 401
+    return 200
+
+
+def wait_status(srv: Server, secret: str, expected: int) -> None:
+    deadline = time.monotonic() + 2.0
+    while models_status(srv, secret) != expected:
+        assert time.monotonic() < deadline, f"expected {expected} for {secret[:11]}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def http_session(srv: Server, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=srv.url, timeout=30) as client:
+        response = client.post("/console/login", data={"key": key})
+        assert response.status_code == 303, response.text
+        cookie = response.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie and "max-age=" in cookie
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match
+    return match.group(1)
+
+
+def test_login_refuses_bad_key_in_words(page: playwright_api.Page) -> None:
+    page.goto("/console/login")
+    page.get_by_label("API key").fill("sk-not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    assert "unknown, revoked or expired" in page.get_by_role("alert").inner_text()
+    assert page.goto("/console/keys").url.endswith("/console/login")  # type: ignore[union-attr]
+
+
+def test_key_lifecycle(page: playwright_api.Page, srv: Server) -> None:
+    sign_in(page, srv.admin_key)
+    secret = create(page, "life")
+    assert secret in page.locator("#curl").input_value()
+    assert secret in page.locator("#python").input_value()
+    page.get_by_role("button", name="Copy").first.click()
+    page.get_by_text("Copied to the clipboard.").wait_for()
+    wait_status(srv, secret, 200)
+
+    page.goto("/console/keys")
+    assert secret not in page.content()
+    page.locator("tr", has_text="life").get_by_role("link", name="Reset").click()
+    page.get_by_role("button", name="Reset key").click()
+    new = page.locator("#secret").input_value()
+    assert new != secret
+    wait_status(srv, secret, 401)
+    wait_status(srv, new, 200)
+
+    page.goto("/console/keys")
+    html = page.content()
+    assert secret not in html and new not in html
+    page.locator("tr", has_text="life").get_by_role("link", name="Revoke").click()
+    page.get_by_role("button", name="Revoke key").click()
+    assert "revoked" in page.locator("tr", has_text="life").inner_text()
+    wait_status(srv, new, 401)
+
+
+def test_post_without_csrf_is_refused(srv: Server) -> None:
+    with http_session(srv, srv.admin_key) as client:
+        for data in ({"name": "no-csrf"}, {"name": "no-csrf", "csrf": "forged"}):
+            response = client.post("/console/keys", data=data)
+            assert response.status_code == 403
+            assert "security token" in response.text
+        html = client.get("/console/keys").text
+        assert "no-csrf" not in html
+        response = client.post("/console/keys", data={"name": "with-csrf", "csrf": csrf_of(html)})
+        assert response.status_code == 200 and 'id="secret"' in response.text
+
+
+def test_user_sees_only_own_keys(page: playwright_api.Page, srv: Server) -> None:
+    sign_in(page, srv.admin_key)
+    alice = create(page, "alice-key", user="alice")
+    create(page, "bob-key", user="bob")
+    with http_session(srv, alice) as client:
+        html = client.get("/console/keys").text
+        assert "alice-key" in html and "bob-key" not in html and alice not in html
+        assert client.get("/console/keys/bob-key/reset").status_code == 404
+        token = csrf_of(html)
+        for action in ("reset", "revoke"):
+            response = client.post(f"/console/keys/bob-key/{action}", data={"csrf": token})
+            assert response.status_code == 404
+    page.goto("/console/keys")
+    assert "active" in page.locator("tr", has_text="bob-key").inner_text()
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/console/login")
+    assert page.goto("/console/keys").url.endswith("/console/login")  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
+def test_screenshots(browser: playwright_api.Browser, srv: Server) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for label, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
+        for scheme in ("light", "dark"):
+            context = browser.new_context(
+                base_url=srv.url,
+                viewport={"width": size[0], "height": size[1]},
+                color_scheme=scheme,  # type: ignore[arg-type]
+            )
+            page = context.new_page()
+            page.goto("/console/login")
+            page.screenshot(path=str(SHOTS / f"login-{label}-{scheme}.png"))
+            sign_in(page, srv.admin_key)
+            page.screenshot(path=str(SHOTS / f"keys-{label}-{scheme}.png"), full_page=True)
+            context.close()
