@@ -40,7 +40,7 @@ def _split_everywhere(text: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("parts", _split_everywhere("<think>plan it</think>\nThe answer."))
 def test_think_tags_split_across_any_chunk_boundary(parts: list[str]) -> None:
-    result = asyncio.run(collect(reasoning.separate(_chunks(parts), 1), 1))
+    result = asyncio.run(collect(reasoning.apply(reasoning.Separate(1), _chunks(parts)), 1))
     assert result.choices[0].reasoning == "plan it"
     assert result.choices[0].text == "The answer."
 
@@ -51,12 +51,14 @@ def test_reasoning_inline_when_not_separate() -> None:
         yield TextDelta(0, "answer")
         yield Finish(0, "stop")
 
-    result = asyncio.run(collect(reasoning.inline(source(), 1), 1))
+    result = asyncio.run(collect(reasoning.apply(reasoning.Inline(1), source()), 1))
     assert result.choices[0].text == "<think>plan</think>\nanswer"
 
 
 def test_text_without_tags_passes_unchanged() -> None:
-    result = asyncio.run(collect(reasoning.separate(_chunks(["a < b", " and c"]), 1), 1))
+    result = asyncio.run(
+        collect(reasoning.apply(reasoning.Separate(1), _chunks(["a < b", " and c"])), 1)
+    )
     assert result.choices[0].text == "a < b and c" and result.choices[0].reasoning == ""
 
 

@@ -115,11 +115,3 @@ async def apply(transform: Transform, chunks: AsyncIterator[Chunk]) -> AsyncIter
     async for chunk in chunks:
         for out in transform(chunk):
             yield out
-
-
-def separate(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
-    return apply(Separate(n), chunks)
-
-
-def inline(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
-    return apply(Inline(n), chunks)

@@ -111,6 +111,8 @@ class ChunkRenderer(Protocol):
 class StreamMeter(Protocol):
     """What accounts for a stream (see ``accounting.meter.Meter``)."""
 
+    closed: bool  # already ended (or accounting is off): nothing left to account
+
     def headers(self) -> dict[str, str]: ...
 
     async def finished(
@@ -152,7 +154,7 @@ class SSEResponse(Response):
             self.raw_headers += [(k.encode(), v.encode()) for k, v in meter.headers().items()]
         self.renderer = renderer
         self.chunks = chunks
-        self.meter = meter
+        self.meter = meter if meter is not None and not meter.closed else None
         self.generated: list[str] = []  # text relayed so far, for a stream cut short
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
