@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.schemas import check_chunk
+from tests.schemas import check_chunk, check_completion
 
 MODEL = "smollm2-135m-instruct"
 TEST_N_CTX = 2048
@@ -153,14 +153,34 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key, max_retries=0)
 
 
-@pytest.fixture(scope="session")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(
+def admin_client(server: Server, timeout: float = 120) -> httpx.Client:
+    """An httpx client for ``server`` that sends its admin key."""
+    return httpx.Client(
         base_url=server.url,
         headers={"Authorization": f"Bearer {server.admin_key}"},
-        timeout=120,
-    ) as c:
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with admin_client(server) as c:
         yield c
+
+
+def ok(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion that must succeed, checked against OpenAI's schema."""
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    check_completion(response.json())
+    return response.json()
+
+
+def stream_events(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of a streamed chat completion that must succeed."""
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        return sse_events(r)
 
 
 def sse_events(response: httpx.Response) -> list[dict[str, Any]]:

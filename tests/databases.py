@@ -7,17 +7,22 @@ they fail: CI must never pass without having run them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
 
+from llmrelay.store.db import Database
+
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
+T = TypeVar("T")
 
 
 def _admin_connection():  # type: ignore[no-untyped-def]
@@ -54,3 +59,28 @@ def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
     else:
         with fresh_postgres() as url:
             yield url
+
+
+@contextmanager
+def migrated_database(backend: str, tmp: Path) -> Iterator[str]:
+    """A migrated, empty database (async driver URL)."""
+    from llmrelay.settings import async_database_url
+    from llmrelay.store.db import migrate
+
+    with fresh_database(backend, tmp) as raw:
+        resolved = async_database_url(raw)
+        migrate(resolved)
+        yield resolved
+
+
+def run_on(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    """``work`` on a :class:`Database` at ``url``, in a fresh event loop."""
+
+    async def main() -> T:
+        db = Database(url)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())

@@ -12,9 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, sse_events, start_server, stop_server
+from tests.conftest import Server, admin_client, start_server, stop_server
 from tests.gemini_upstream import IMAGE_HOST, FakeGemini
-from tests.schemas import check_completion
 
 FAILING = ("bad-key", "denied", "quota", "internal", "overloaded", "invalid", "cut", "midstream")
 MISC = ["gemini-image", "gemini-logprobs", "gemini-blocked", "gemini-max", "gemini-safety"]
@@ -90,28 +89,13 @@ def relay(tmp_path_factory: pytest.TempPathFactory, gemini: FakeGemini) -> Itera
 
 @pytest.fixture(scope="module")
 def http(relay: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=relay.url, timeout=60, headers={"Authorization": f"Bearer {relay.admin_key}"}
-    ) as client:
+    with admin_client(relay, timeout=60) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def client(relay: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=relay.url + "/v1", api_key=relay.admin_key, max_retries=0)
-
-
-def ok(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    response = http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 200, response.text
-    check_completion(response.json())
-    return response.json()
-
-
-def streamed(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        return sse_events(r)
 
 
 def deltas(events: list[dict[str, Any]], field: str, index: int = 0) -> list[Any]:

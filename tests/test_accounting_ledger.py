@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,12 +18,11 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
-from llmrelay.settings import async_database_url
-from llmrelay.store.db import Database, migrate
+from llmrelay.store.db import Database
 from llmrelay.store.keys import KeyStore
 from llmrelay.store.tables import ApiKey, Ledger, User
 from llmrelay.store.users import UserStore
-from tests.databases import BACKENDS, fresh_database
+from tests.databases import BACKENDS, migrated_database, run_on
 
 T = TypeVar("T")
 USD = 10**12
@@ -32,22 +31,11 @@ CHILD = Path(__file__).with_name("ledger_crash_child.py")
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database (async driver URL)."""
-    with fresh_database(request.param, tmp_path) as raw:
-        resolved = async_database_url(raw)
-        migrate(resolved)
+    with migrated_database(request.param, tmp_path) as resolved:
         yield resolved
 
 
-def run(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def main() -> T:
-        db = Database(url)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(main())
+run = run_on
 
 
 async def _accounts(db: Database) -> dict[str, int]:

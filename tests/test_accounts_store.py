@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from llmrelay.store.prices import PriceNotFound, PriceRecord, PriceStore
 from llmrelay.store.tables import Base, Ledger, UsageDaily
 from llmrelay.store.usage import UsageRow, UsageStore
 from llmrelay.store.users import UserError, UserNotFound, UserStore
-from tests.databases import BACKENDS, fresh_database
+from tests.databases import BACKENDS, fresh_database, migrated_database, run_on
 
 T = TypeVar("T")
 USD = 10**12
@@ -42,22 +42,11 @@ USD = 10**12
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database (async driver URL)."""
-    with fresh_database(request.param, tmp_path) as raw:
-        resolved = async_database_url(raw)
-        migrate(resolved)
+    with migrated_database(request.param, tmp_path) as resolved:
         yield resolved
 
 
-def run(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def main() -> T:
-        db = Database(url)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(main())
+run = run_on
 
 
 def _alembic(url: str, action: Callable[[Config], None]) -> None:

@@ -14,8 +14,17 @@ from openai.types.chat import ChatCompletion
 
 from llmrelay.providers.anthropic_json import ANSWER_DESCRIPTION
 from tests.anthropic_upstream import REDACTED, SIGNATURE, THOUGHTS, TOOL_ID, FakeAnthropic
-from tests.conftest import Server, chat, sse_events, start_server, stop_server
-from tests.schemas import check_completion, check_error
+from tests.conftest import (
+    Server,
+    admin_client,
+    chat,
+    ok,
+    sse_events,
+    start_server,
+    stop_server,
+    stream_events,
+)
+from tests.schemas import check_error
 
 PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5"
@@ -82,9 +91,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory, claude: FakeAnthropic) -> It
 
 @pytest.fixture(scope="module")
 def http(relay: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=relay.url, timeout=60, headers={"Authorization": f"Bearer {relay.admin_key}"}
-    ) as client:
+    with admin_client(relay, timeout=60) as client:
         yield client
 
 
@@ -93,16 +100,8 @@ def sdk(relay: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=relay.url + "/v1", api_key=relay.admin_key, max_retries=0)
 
 
-def ok(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    response = http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 200, response.text
-    check_completion(response.json())
-    return response.json()
-
-
 def streamed(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-        return [e["choices"][0]["delta"] for e in sse_events(r) if e["choices"]]
+    return [e["choices"][0]["delta"] for e in stream_events(http, body) if e["choices"]]
 
 
 def test_text_answer_and_the_request_sent(http: httpx.Client, claude: FakeAnthropic) -> None:

@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, chat, sse_events, start_server, stop_server
-from tests.schemas import check_completion, check_error
+from tests.conftest import Server, chat, ok, start_server, stop_server
+from tests.conftest import stream_events as stream
+from tests.schemas import check_error
 from tests.upstream import FakeUpstream, wait_for
 
 FAULTS = ["refuse", "hang", "429", "500", "503", "401", "reset", "malformed", "slow-first"]
@@ -96,19 +97,6 @@ def rhttp(relay: Server) -> Iterator[httpx.Client]:
         base_url=relay.url, timeout=60, headers={"Authorization": f"Bearer {relay.admin_key}"}
     ) as c:
         yield c
-
-
-def ok(rhttp: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    response = rhttp.post("/v1/chat/completions", json=body)
-    assert response.status_code == 200, response.text
-    check_completion(response.json())
-    return response.json()
-
-
-def stream(rhttp: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with rhttp.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        return sse_events(r)
 
 
 def streamed_text(events: list[dict[str, Any]], key: str = "content") -> str:

@@ -13,17 +13,16 @@ import openai
 import pytest
 
 from llmrelay.providers.gemini_wire import DUMMY_SIGNATURE, signature_of
-from tests.conftest import chat
+from tests.conftest import chat, ok
+from tests.conftest import stream_events as streamed
 from tests.gemini_relay import (  # noqa: F401
     TOOL,
     client,
     deltas,
     gemini,
     http,
-    ok,
     relay,
     sent,
-    streamed,
 )
 from tests.gemini_upstream import PNG, SIGNATURE, FakeGemini
 from tests.schemas import check_completion, check_error

@@ -11,16 +11,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, chat
+from tests.conftest import Server, chat, ok
+from tests.conftest import stream_events as streamed
 from tests.gemini_relay import (  # noqa: F401
     client,
     deltas,
     gemini,
     http,
-    ok,
     relay,
     sent,
-    streamed,
 )
 from tests.gemini_upstream import GROUNDED, PNG, FakeGemini
 from tests.schemas import check_completion, check_error
