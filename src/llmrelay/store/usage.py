@@ -251,7 +251,9 @@ class UsageStore:
                 **{n: getattr(UsageDaily, n) + insert.excluded[n] for n in SUMS},
             },
         )
-        await conn.execute(upsert, list(sums.values()))
+        # In key order: concurrent roll-ups then lock shared daily rows in one order and wait
+        # for each other instead of deadlocking (PostgreSQL detected it under CI).
+        await conn.execute(upsert, [sums[key] for key in sorted(sums)])
 
     async def prune(
         self, retention_days: int, *, now: datetime | None = None, batch: int = _BATCH
