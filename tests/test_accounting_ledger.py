@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,6 +125,31 @@ def test_rows_and_balances_are_committed(url: str) -> None:
     assert sorted(state["ids"]) == ["r1", "r2", "r3", "r4"]
     assert state["users"] == {"ann": (1000 * USD - 12, 12), "bob": (None, 11)}
     assert state["keys"] == {"k-ann": 12, "k-bob": 11}
+
+
+def test_rows_set_their_keys_last_use(url: str) -> None:
+    """A key's last use is its newest request's time, free requests included; a key that made
+    no request keeps none."""
+    early = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    late = datetime(2026, 5, 1, 12, 5, tzinfo=UTC)
+
+    async def work(db: Database) -> dict[str, datetime | None]:
+        ids = await _accounts(db)
+        async with LedgerWriter(db, max_delay=0.05) as writer:
+            rows = [_row("late", ids, cost=0), _row("early", ids, cost=3)]
+            await asyncio.gather(
+                writer.record(replace(rows[0], created_at=late)),
+                writer.record(replace(rows[1], created_at=early)),
+            )
+        keys = KeyStore(db)
+        return {name: (await keys.get(name)).last_used_at for name in ("k-ann", "k-bob")}
+
+    used = run(url, work)
+    assert used["k-bob"] is None
+    found = used["k-ann"]
+    assert found is not None
+    # SQLite hands back naive UTC times.
+    assert (found if found.tzinfo else found.replace(tzinfo=UTC)) == late
 
 
 def test_concurrent_rows_share_transactions(url: str) -> None:

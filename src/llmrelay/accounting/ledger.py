@@ -81,14 +81,30 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-def _sums(rows: list[LedgerRow], attribute: str) -> list[dict[str, int]]:
-    """Cost per user or key, in id order (one lock order for every writer: no deadlocks)."""
+def _user_costs(rows: list[LedgerRow]) -> list[dict[str, int]]:
+    """Cost per user, in id order (one lock order for every writer: no deadlocks)."""
     sums: dict[int, int] = defaultdict(int)
     for row in rows:
-        ident = getattr(row, attribute)
-        if ident is not None and row.cost_pusd:
-            sums[ident] += row.cost_pusd
+        if row.user_id is not None and row.cost_pusd:
+            sums[row.user_id] += row.cost_pusd
     return [{"b_id": ident, "b_cost": sums[ident]} for ident in sorted(sums)]
+
+
+def _key_uses(rows: list[LedgerRow]) -> list[dict[str, Any]]:
+    """Cost and newest request time per key, in id order. Every key that made a request is
+    updated, free or not: the same statement keeps ``last_used_at`` current at no extra cost."""
+    costs: dict[int, int] = defaultdict(int)
+    newest: dict[int, datetime] = {}
+    for row in rows:
+        ident = row.key_id
+        if ident is None:
+            continue
+        costs[ident] += row.cost_pusd
+        if ident not in newest or row.created_at > newest[ident]:
+            newest[ident] = row.created_at
+    return [
+        {"b_id": ident, "b_cost": costs[ident], "b_at": newest[ident]} for ident in sorted(costs)
+    ]
 
 
 _CHARGE_USERS = (
@@ -102,7 +118,7 @@ _CHARGE_USERS = (
 _CHARGE_KEYS = (
     update(ApiKey)
     .where(ApiKey.id == bindparam("b_id"))
-    .values(spent_pusd=ApiKey.spent_pusd + bindparam("b_cost"))
+    .values(spent_pusd=ApiKey.spent_pusd + bindparam("b_cost"), last_used_at=bindparam("b_at"))
 )
 
 
@@ -111,7 +127,7 @@ def _statements(rows: list[LedgerRow]) -> list[tuple[Executable, list[dict[str, 
     found: list[tuple[Executable, list[dict[str, Any]]]] = [
         (insert(Ledger), [row.values() for row in rows])
     ]
-    users, keys = _sums(rows, "user_id"), _sums(rows, "key_id")
+    users, keys = _user_costs(rows), _key_uses(rows)
     if users:
         found.append((_CHARGE_USERS, users))
     if keys:

@@ -72,6 +72,7 @@ def public(key: KeyRecord, secret: str | None = None) -> dict[str, Any]:
         "created_at": timestamp(key.created_at),
         "expires_at": timestamp(key.expires_at),
         "revoked_at": timestamp(key.revoked_at),
+        "last_used_at": timestamp(key.last_used_at),
     }
     if secret is not None:
         data["secret"] = secret  # only in the answers to create and reset

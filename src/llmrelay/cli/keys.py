@@ -54,6 +54,7 @@ _HEADERS = (
     "TPM",
     "EXPIRES",
     "CREATED",
+    "LAST USED",
 )
 
 
@@ -73,6 +74,7 @@ def _list(records: list[KeyRecord]) -> None:
                 r.tpm,
                 f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else None,
                 f"{r.created_at:%Y-%m-%d %H:%M}",
+                f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else None,
             )
             for r in records
         ),

@@ -49,6 +49,7 @@ class KeyRecord:
     user_disabled: bool = False
     user_balance_pusd: Money | None = None  # the user's remaining balance; None: unlimited
     user_spent_pusd: Money = 0
+    last_used_at: datetime | None = None  # the newest request's time, as the ledger has it
 
     @property
     def metered(self) -> bool:
@@ -128,6 +129,7 @@ def _record(key: RowMapping, user: str, role: str) -> KeyRecord:
         user_disabled=key["disabled_at"] is not None,
         user_balance_pusd=key["user_balance_pusd"],
         user_spent_pusd=key["user_spent_pusd"],
+        last_used_at=key["last_used_at"],
     )
 
 
