@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
-
 from llmrelay.providers.anthropic_json import answer_tool_name, structured_answer
 from llmrelay.providers.anthropic_wire import ANTHROPIC_VERSION, REASONING_FORMAT, build_body
 from llmrelay.providers.base import ALL_SAMPLING, Capabilities, ModelInfo
+from llmrelay.providers.http import HTTPPool
 from llmrelay.providers.profiles import apply_overrides
 from llmrelay.providers.transport import ChannelProvider
 from llmrelay.request import ChatRequest
@@ -53,11 +52,9 @@ _STOP: dict[str, FinishReason] = {
 
 class AnthropicProvider(ChannelProvider):
     def __init__(
-        self, config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
+        self, config: ChannelConfig, pool: HTTPPool, estimate: Callable[[str], int]
     ) -> None:
-        super().__init__(
-            config, session, estimate, apply_overrides(CAPABILITIES, config.capabilities)
-        )
+        super().__init__(config, pool, estimate, apply_overrides(CAPABILITIES, config.capabilities))
         base = config.base_url.rstrip("/")
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
 

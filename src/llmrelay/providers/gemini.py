@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from llmrelay.errors import (
@@ -29,6 +28,7 @@ from llmrelay.errors import (
 from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.base import Capabilities, ModelInfo
 from llmrelay.providers.gemini_wire import build_body, new_call_id
+from llmrelay.providers.http import HTTPPool
 from llmrelay.providers.profiles import apply_overrides
 from llmrelay.providers.transport import ChannelProvider, ChannelTransport
 from llmrelay.request import ChatRequest, ImagePart
@@ -86,14 +86,12 @@ class GeminiProvider(ChannelProvider):
     def __init__(
         self,
         config: ChannelConfig,
-        session: aiohttp.ClientSession,
+        pool: HTTPPool,
         estimate: Callable[[str], int],
         media: MediaFetcher | None = None,
     ) -> None:
-        super().__init__(
-            config, session, estimate, apply_overrides(CAPABILITIES, config.capabilities)
-        )
-        self.http = GeminiTransport(config, session)
+        super().__init__(config, pool, estimate, apply_overrides(CAPABILITIES, config.capabilities))
+        self.http = GeminiTransport(config, pool)
         self.media = media or MediaFetcher(FetchPolicy())
         base = config.base_url.rstrip("/")
         self.root = base if base.endswith(("/v1beta", "/v1", "/v1alpha")) else base + "/v1beta"

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import orjson
 
 from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.base import ModelInfo
+from llmrelay.providers.http import HTTPPool
 from llmrelay.providers.openai_wire import build_body
 from llmrelay.providers.profiles import PROFILES, capabilities_for
 from llmrelay.providers.transport import ChannelProvider
@@ -52,12 +52,12 @@ class OpenAIProvider(ChannelProvider):
     def __init__(
         self,
         config: ChannelConfig,
-        session: aiohttp.ClientSession,
+        pool: HTTPPool,
         estimate: Estimate,
         media: MediaFetcher | None = None,
     ) -> None:
         super().__init__(
-            config, session, estimate, capabilities_for(config.flavor, config.capabilities)
+            config, pool, estimate, capabilities_for(config.flavor, config.capabilities)
         )
         self.media = media or MediaFetcher(FetchPolicy())
         self.profile = PROFILES[config.flavor]

@@ -6,13 +6,11 @@ errors here, each marked retryable when another channel may do better.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from llmrelay.errors import (
@@ -23,31 +21,32 @@ from llmrelay.errors import (
     UpstreamTimeout,
 )
 from llmrelay.providers.base import Capabilities, ModelInfo
+from llmrelay.providers.http import ConnectFailed, HTTPFailure, HTTPPool, Response
 from llmrelay.settings import ChannelConfig
 
 
 class ChannelTransport:
-    def __init__(self, config: ChannelConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: ChannelConfig, pool: HTTPPool) -> None:
         self.config = config
-        self.session = session
+        self.pool = pool
         self.name = config.name
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout
-        )
 
-    async def post(
-        self, url: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
         """Send; a response with an error status is read and raised as our error."""
         try:
-            async with asyncio.timeout(self.config.first_byte_timeout):
-                response = await self.session.post(
-                    url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
-                )
+            response = await self.pool.post(
+                url,
+                orjson.dumps(body),
+                headers,
+                connect_timeout=self.config.connect_timeout,
+                first_byte_timeout=self.config.first_byte_timeout,
+            )
         except TimeoutError:
             raise self._late("did not answer") from None
-        except aiohttp.ClientError as exc:
+        except ConnectFailed as exc:
             raise self._unreachable(exc) from None
+        except HTTPFailure as exc:
+            raise self.broken(str(exc)) from None
         if response.status >= 400:
             try:
                 raise await self._error(response)
@@ -55,9 +54,7 @@ class ChannelTransport:
                 response.release()
         return response
 
-    async def payloads(
-        self, response: aiohttp.ClientResponse
-    ) -> AsyncIterator[dict[str, Any] | None]:
+    async def payloads(self, response: Response) -> AsyncIterator[dict[str, Any] | None]:
         """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event.
 
         Reads whatever bytes have arrived and splits them into lines itself: one await (and
@@ -65,12 +62,11 @@ class ChannelTransport:
         """
         if response.content_type == "application/json":  # an upstream that ignored stream
             try:
-                async with asyncio.timeout(self.config.first_byte_timeout):
-                    body = await response.read()
+                body = await response.read(self.config.first_byte_timeout)
             except TimeoutError:
                 raise self._late("did not answer") from None
-            except aiohttp.ClientError as exc:
-                raise self.broken(f"the answer was cut ({type(exc).__name__})") from None
+            except HTTPFailure as exc:
+                raise self.broken(f"the answer was cut ({exc})") from None
             payload = self._event(body.strip())
             if payload is not None:
                 yield payload
@@ -80,14 +76,12 @@ class ChannelTransport:
         while True:
             limit = self.config.first_byte_timeout if first else self.config.idle_timeout
             try:
-                async with asyncio.timeout(limit):
-                    data = await response.content.readany()
+                data = await response.readany(limit)
             except TimeoutError:
                 what = "stalled mid-stream" if not first else "did not answer"
                 raise self._late(what) from None
-            except aiohttp.ClientError as exc:
-                why = f"the connection failed mid-stream ({type(exc).__name__})"
-                raise self.broken(why) from None
+            except HTTPFailure as exc:
+                raise self.broken(f"the connection failed mid-stream ({exc})") from None
             if not data:
                 if buffer.strip():
                     payload = self._event(buffer.strip())
@@ -123,17 +117,17 @@ class ChannelTransport:
             raise self.map_error(502, payload, mid_stream=True)
         return payload
 
-    async def _error(self, response: aiohttp.ClientResponse) -> LLMRelayError:
+    async def _error(self, response: Response) -> LLMRelayError:
         try:
-            raw = await response.read()
-        except aiohttp.ClientError:
+            raw = await response.read(self.config.idle_timeout)
+        except (HTTPFailure, TimeoutError):
             raw = b""
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             payload = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
         error = self.map_error(response.status, payload, mid_stream=False)
-        retry_after = response.headers.get("Retry-After")
+        retry_after = response.headers.get("retry-after")
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             error.retry_after = float(retry_after)
         return error
@@ -143,9 +137,9 @@ class ChannelTransport:
             f"The upstream channel '{self.name}' {what} in time.", retryable=True
         )
 
-    def _unreachable(self, exc: aiohttp.ClientError) -> UpstreamError:
+    def _unreachable(self, exc: ConnectFailed) -> UpstreamError:
         return UpstreamError(
-            f"The upstream channel '{self.name}' could not be reached ({type(exc).__name__}).",
+            f"The upstream channel '{self.name}' could not be reached ({exc}).",
             code="upstream_unreachable",
             retryable=True,
         )
@@ -163,15 +157,14 @@ class ChannelTransport:
         )
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: Response) -> None:
     """Read what follows [DONE] so the connection goes back to the pool instead of closing."""
-    if response.content.at_eof():
+    if response.at_eof():
         return
     try:
-        async with asyncio.timeout(1.0):
-            while await response.content.readany():
-                pass
-    except (TimeoutError, aiohttp.ClientError):
+        while await response.readany(1.0):
+            pass
+    except (TimeoutError, HTTPFailure):
         pass
 
 
@@ -211,12 +204,12 @@ class ChannelProvider:
     def __init__(
         self,
         config: ChannelConfig,
-        session: aiohttp.ClientSession,
+        pool: HTTPPool,
         estimate: Callable[[str], int],
         capabilities: Capabilities,
     ) -> None:
         self.config = config
-        self.http = ChannelTransport(config, session)
+        self.http = ChannelTransport(config, pool)
         self.estimate = estimate
         self._keys = itertools.cycle([k.get_secret_value() for k in config.keys] or [""])
         created = int(time.time())

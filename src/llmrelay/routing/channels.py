@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import aiohttp
 import orjson
 
 from llmrelay.accounting.tokens import TokenEstimator
@@ -16,6 +15,7 @@ from llmrelay.media import FetchPolicy, MediaFetcher
 from llmrelay.providers.anthropic import AnthropicProvider
 from llmrelay.providers.base import Provider
 from llmrelay.providers.gemini import GeminiProvider
+from llmrelay.providers.http import HTTPPool
 from llmrelay.providers.openai import OpenAIProvider
 from llmrelay.routing.router import Route, Router
 from llmrelay.settings import ChannelConfig, Settings
@@ -27,16 +27,16 @@ LOCAL_PRIORITY = 1_000_000  # a local model answers before any channel serving t
 
 def build_provider(
     config: ChannelConfig,
-    session: aiohttp.ClientSession,
+    pool: HTTPPool,
     estimate: Callable[[str], int],
     media: MediaFetcher,
 ) -> Provider | None:
     if config.type == "openai":
-        return OpenAIProvider(config, session, estimate, media)
+        return OpenAIProvider(config, pool, estimate, media)
     if config.type == "anthropic":
-        return AnthropicProvider(config, session, estimate)
+        return AnthropicProvider(config, pool, estimate)
     if config.type == "gemini":
-        return GeminiProvider(config, session, estimate, media)
+        return GeminiProvider(config, pool, estimate, media)
     log.warning("channel %s: provider type %r is not available yet", config.name, config.type)
     return None
 
@@ -57,20 +57,17 @@ class ChannelManager:
                 settings.media_timeout_seconds,
             )
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: HTTPPool | None = None
         self.channels: list[ChannelConfig] = []
         self._fingerprint = b""
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """One pooled upstream session, made inside the running loop on first use."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
-                auto_decompress=True,
-            )
-        return self._session
+    def pool(self) -> HTTPPool:
+        """The upstream connection pool every channel shares."""
+        if self._pool is None:
+            self._pool = HTTPPool()
+        return self._pool
 
     async def refresh(self) -> bool:
         """Reload channels from the config and the database; rebuild routes if they changed."""
@@ -88,7 +85,7 @@ class ChannelManager:
         ]
         for config in channels:
             provider = (
-                build_provider(config, self.session, self.estimate, self.media)
+                build_provider(config, self.pool, self.estimate, self.media)
                 if config.enabled
                 else None
             )
@@ -119,7 +116,7 @@ class ChannelManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
         await self.media.close()
         self.estimate.close()

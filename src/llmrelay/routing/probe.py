@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
-
 from llmrelay.errors import LLMRelayError
 from llmrelay.media import FetchPolicy, MediaFetcher
+from llmrelay.providers.http import HTTPPool
 from llmrelay.request import ChatRequest, Message, TextPart
 from llmrelay.settings import ChannelConfig
 from llmrelay.stream import Chunk, collect
@@ -35,11 +34,11 @@ class ProbeResult:
 
 
 async def probe(
-    config: ChannelConfig, session: aiohttp.ClientSession, estimate: Callable[[str], int]
+    config: ChannelConfig, pool: HTTPPool, estimate: Callable[[str], int]
 ) -> ProbeResult:
     from llmrelay.routing.channels import build_provider
 
-    provider = build_provider(config, session, estimate, MediaFetcher(FetchPolicy()))
+    provider = build_provider(config, pool, estimate, MediaFetcher(FetchPolicy()))
     if provider is None:
         raise ValueError(f"channel {config.name!r}: provider type {config.type!r} is unavailable")
     info = provider.models()[0]
