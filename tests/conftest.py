@@ -46,7 +46,7 @@ class Server:
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
                 sys.executable,
@@ -62,6 +62,7 @@ class Server:
             text=True,
             timeout=60,
             check=False,
+            input=input,
         )
 
     def create_key(self, name: str, *extra: str) -> str:

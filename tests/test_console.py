@@ -85,7 +85,9 @@ def wait_status(srv: Server, secret: str, expected: int) -> None:
 @contextmanager
 def http_session(srv: Server, key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=srv.url, timeout=30) as client:
-        response = client.post("/console/login", data={"key": key})
+        # The sign-in form's CSRF token pairs with a cookie set by the form page.
+        token = csrf_of(client.get("/console/login").text)
+        response = client.post("/console/login", data={"key": key, "csrf": token})
         assert response.status_code == 303, response.text
         cookie = response.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "max-age=" in cookie
@@ -180,3 +182,75 @@ def test_screenshots(browser: playwright_api.Browser, srv: Server) -> None:
             sign_in(page, srv.admin_key)
             page.screenshot(path=str(SHOTS / f"keys-{label}-{scheme}.png"), full_page=True)
             context.close()
+
+
+def tab_to(page: playwright_api.Page, selector: str) -> None:
+    """Press Tab until ``selector`` has the focus, as a keyboard user would; the focus must be
+    visible on the way (an outline)."""
+    target = page.locator(selector)
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        if target.evaluate("el => el === document.activeElement"):
+            outline = target.evaluate("el => getComputedStyle(el).outlineStyle")
+            assert outline != "none", f"{selector} has the focus but shows no outline"
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_keyboard_only_sign_in_create_and_use_a_key(page: playwright_api.Page, srv: Server) -> None:
+    """Sign in and create a key without the mouse; the key's last use then shows on the page."""
+    page.goto("/console/login")
+    tab_to(page, "#key")
+    page.keyboard.type(srv.admin_key)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/console/keys")
+    tab_to(page, "#name")
+    page.keyboard.type("by-keyboard")
+    page.keyboard.press("Enter")
+    secret = page.locator("#secret").input_value()
+    assert secret.startswith("sk-")
+
+    page.goto("/console/keys")
+    assert "never" in page.locator("tr", has_text="by-keyboard").inner_text()
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key=secret, max_retries=0)
+    client.chat.completions.create(
+        model=client.models.list().data[0].id,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=1,
+    )
+    page.goto("/console/keys")
+    row = page.locator("tr", has_text="by-keyboard")
+    assert "never" not in row.locator("td[data-label='Last used']").inner_text()
+
+
+PAGES = (
+    "/console/keys",
+    "/console/usage",
+    "/console/playground",
+    "/console/account",
+    "/console/admin/users",
+    "/console/admin/channels",
+    "/console/admin/channels/new",
+    "/console/admin/models",
+)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_page_fits_a_phone(browser: playwright_api.Browser, srv: Server, scheme: str) -> None:
+    """At 390 px wide no page scrolls sideways, and each has its heading."""
+    context = browser.new_context(
+        base_url=srv.url, viewport={"width": 390, "height": 844}, color_scheme=scheme
+    )
+    try:
+        phone = context.new_page()
+        sign_in(phone, srv.admin_key)
+        for path in PAGES:
+            response = phone.goto(path)
+            assert response is not None and response.status == 200, path
+            phone.locator("h1").first.wait_for()
+            overflow = phone.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 1, f"{path} is {overflow}px wider than the phone"
+    finally:
+        context.close()

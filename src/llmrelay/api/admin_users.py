@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -11,6 +12,7 @@ from starlette.routing import Route
 from llmrelay.api.admin_common import USD, Body, Name, money, read_body, require_admin, timestamp
 from llmrelay.api.io import JSONResponse
 from llmrelay.errors import Conflict, NotFound
+from llmrelay.store.credentials import Credentials, link_url
 from llmrelay.store.users import UserError, UserNotFound, UserRecord, UserStore
 
 
@@ -18,6 +20,11 @@ class UserCreate(Body):
     name: Name
     role: Literal["admin", "user"] = "user"
     balance: USD | None = None  # USD; null: unlimited
+
+
+class SigninLinkRequest(Body):
+    # Where users reach the server (behind a proxy, not what this request came in on).
+    base_url: Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")] | None = None
 
 
 class UserChange(Body):
@@ -37,6 +44,7 @@ def public(user: UserRecord) -> dict[str, Any]:
         "spent": money(user.spent_pusd),
         "spent_pusd": user.spent_pusd,
         "disabled": not user.enabled,
+        "has_password": user.has_password,
         "keys": user.keys,
         "created_at": timestamp(user.created_at),
         "disabled_at": timestamp(user.disabled_at),
@@ -88,9 +96,26 @@ async def update_user(request: Request) -> Response:
     return JSONResponse(public(await _get(store, name)))
 
 
+async def create_signin_link(request: Request) -> Response:
+    """A one-time console sign-in link for the user (shown once; a newer one replaces it)."""
+    ctx = await require_admin(request)
+    name = request.path_params["name"]
+    user = await _get(UserStore(ctx.db), name)
+    body = SigninLinkRequest()
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        body = await read_body(request, ctx, SigninLinkRequest, "sign-in link request")
+    if not user.enabled:
+        raise Conflict(f"User '{name}' is disabled; enable it before making a sign-in link.")
+    token, expires = await Credentials(ctx.db).new_signin_link(name)
+    url = link_url(body.base_url or str(request.base_url), token)
+    answer = {"object": "signin_link", "user": name, "url": url, "expires_at": timestamp(expires)}
+    return JSONResponse(answer, status_code=201)
+
+
 routes = [
     Route("/admin/users", list_users, methods=["GET"]),
     Route("/admin/users", create_user, methods=["POST"]),
     Route("/admin/users/{name}", get_user, methods=["GET"]),
     Route("/admin/users/{name}", update_user, methods=["PATCH"]),
+    Route("/admin/users/{name}/signin-link", create_signin_link, methods=["POST"]),
 ]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from llmrelay.api import metered
-from llmrelay.api.context import context
+from llmrelay.api.context import AppContext, context
 from llmrelay.api.io import JSONResponse, SSEResponse, read_json
 from llmrelay.api.observe import exchange
 from llmrelay.dialects import render
 from llmrelay.dialects.openai_chat import parse_chat_request
+from llmrelay.store.keys import KeyRecord
 
 
 async def chat_completions(request: Request) -> Response:
@@ -22,6 +24,14 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(
         request, limit=ctx.settings.max_body_bytes, relaxed=ctx.settings.relaxed_json
     )
+    return await answer(request, ctx, key, body)
+
+
+async def answer(request: Request, ctx: AppContext, key: KeyRecord, body: Any) -> Response:
+    """A chat completion for ``body`` as ``key``, already authenticated: parsed, routed, metered.
+
+    The console's playground comes in here too, as a key its signed-in user chose.
+    """
     chat = parse_chat_request(
         body,
         path_model=request.path_params.get("model"),

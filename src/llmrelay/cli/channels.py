@@ -6,11 +6,11 @@ import argparse
 import sys
 from typing import get_args
 
-import aiohttp
 from pydantic import SecretStr, ValidationError
 
 from llmrelay.accounting.tokens import TokenEstimator
 from llmrelay.cli.common import add_common, with_database
+from llmrelay.providers.http import HTTPPool
 from llmrelay.routing.probe import probe
 from llmrelay.settings import CapabilityOverrides, ChannelConfig, Flavor, Settings
 from llmrelay.store.channels import ChannelError, ChannelStore
@@ -140,8 +140,11 @@ async def _test(config: ChannelConfig) -> int:
     """A real round trip to the channel's first model; reports latency and capabilities."""
     estimator = TokenEstimator()
     try:
-        async with aiohttp.ClientSession() as session:
-            result = await probe(config, session, estimator)
+        pool = HTTPPool()
+        try:
+            result = await probe(config, pool, estimator)
+        finally:
+            await pool.close()
     finally:
         estimator.close()
     if not result.ok:

@@ -65,6 +65,19 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 STATIC_TYPES = {"console.css": "text/css", "console.js": "text/javascript"}
+# The usage page: its script and styles, and uPlot (vendored; MIT, see uplot-LICENSE.txt).
+STATIC_TYPES |= {
+    "usage.js": "text/javascript",
+    "usage.css": "text/css",
+    "uplot-1.6.32.min.js": "text/javascript",
+    "uplot-1.6.32.min.css": "text/css",
+}
+# The admin pages (channels, models and prices).
+STATIC_TYPES |= {"admin.js": "text/javascript", "admin.css": "text/css"}
+# The playground.
+STATIC_TYPES |= {"playground.js": "text/javascript", "playground.css": "text/css"}
+# Sign-in, account and users pages.
+STATIC_TYPES |= {"accounts.css": "text/css"}
 _static: dict[str, bytes] = {}
 
 

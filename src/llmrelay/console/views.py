@@ -1,4 +1,6 @@
-"""Console routes: sign in and out, and the API key page (list, create, reset, revoke)."""
+"""Console routes: who is signed in (``Viewer``, ``signed_in``), the API key page (list,
+create, reset, revoke) and the HTML 404 for unknown console paths. Signing in and out and
+the account page are in ``console/signin.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from llmrelay.accounting.money import MoneyError, parse_usd
 from llmrelay.api.context import AppContext, context
 from llmrelay.console.pages import error_page, page, read_form, static
 from llmrelay.console.session import COOKIE, LIFETIME_SECONDS, Session, SessionSigner, load_secret
+from llmrelay.store.credentials import Credentials, SessionUser
 from llmrelay.store.keys import KeyError_, KeyNotFound, KeyRecord
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -23,43 +26,83 @@ log = logging.getLogger("llmrelay.console")
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
-    """Who is signed in: the key they signed in with, its session and CSRF token."""
+    """Who is signed in: their user, the key they signed in with (if they used one), their
+    session and its CSRF token."""
 
-    key: KeyRecord
+    user: SessionUser
     session: Session
     csrf: str
+    key: KeyRecord | None = None
 
+    # Pages use only admin, user_id, user_name, csrf and may_see; how a viewer signed in may
+    # change. signed_in_with is for the key pages (resetting your own key signs you out).
     @property
     def admin(self) -> bool:
-        return self.key.role == "admin"
+        return self.user.role == "admin"
+
+    @property
+    def user_id(self) -> int:
+        return self.user.id
+
+    @property
+    def user_name(self) -> str:
+        return self.user.name
 
     def may_see(self, key: KeyRecord) -> bool:
-        return self.admin or key.user_id == self.key.user_id
+        return self.admin or key.user_id == self.user.id
+
+    def signed_in_with(self, key: KeyRecord) -> bool:
+        return self.key is not None and self.key.id == key.id
 
 
-def _signer(request: Request) -> SessionSigner:
+def signer(request: Request) -> SessionSigner:
     state = request.app.state
     if not hasattr(state, "console_signer"):
         state.console_signer = SessionSigner(load_secret(context(request).settings.data_dir))
-    signer: SessionSigner = state.console_signer
-    return signer
+    found: SessionSigner = state.console_signer
+    return found
 
 
-async def _viewer(request: Request) -> Viewer | None:
-    signer = _signer(request)
-    session = signer.load(request.cookies.get(COOKIE))
+def credentials(request: Request) -> Credentials:
+    return Credentials(context(request).db)
+
+
+async def current_viewer(request: Request) -> Viewer | None:
+    """The signed-in viewer, or None when the session is missing, expired or has ended: the
+    user is disabled or changed their password since (a new session version), or the key
+    the session was made with was reset, revoked or expired."""
+    found = signer(request)
+    session = found.load(request.cookies.get(COOKIE))
     if session is None:
         return None
-    try:
-        key = await context(request).keys.get(session.key_name)
-    except KeyNotFound:
+    user = await credentials(request).session_user(session.user_id)
+    if user is None or not user.enabled or user.session_version != session.version:
         return None
-    if key.prefix != session.prefix or not key.usable():
-        return None  # reset, revoked, expired or disabled since sign-in
-    return Viewer(key, session, signer.csrf(session))
+    key = None
+    if session.method == "key":
+        try:
+            key = await context(request).keys.get(session.key_name)
+        except KeyNotFound:
+            return None
+        if key.prefix != session.key_prefix or not key.usable() or key.user_id != user.id:
+            return None
+    return Viewer(user, session, found.csrf(session), key)
 
 
-def _to_login() -> Response:
+def start_session(request: Request, response: Response, session: Session) -> None:
+    """Set the session cookie: HttpOnly, SameSite=Lax, Secure over https, for /console only."""
+    response.set_cookie(
+        COOKIE,
+        signer(request).dump(session),
+        max_age=LIFETIME_SECONDS,
+        path="/console",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def to_login() -> Response:
     return RedirectResponse("/console/login", status_code=303)
 
 
@@ -67,17 +110,17 @@ def signed_in(handler: Callable[[Request, Viewer], Awaitable[Response]]) -> Hand
     """A page for signed-in users; POSTs must also carry the session's CSRF token."""
 
     async def wrapped(request: Request) -> Response:
-        viewer = await _viewer(request)
+        viewer = await current_viewer(request)
         if viewer is None:
             if request.method == "GET":
-                return _to_login()
+                return to_login()
             return error_page("Your session has ended. Sign in again.", 401, viewer=None)
         if request.method == "POST":
             try:
                 form = await read_form(request)
             except ValueError as exc:
                 return error_page(str(exc), 413, viewer=viewer)
-            if not _signer(request).check_csrf(viewer.session, form.get("csrf")):
+            if not signer(request).check_csrf(viewer.session, form.get("csrf")):
                 return error_page(
                     "This form is missing its security token or it is stale. "
                     "Go back, reload the page and try again.",
@@ -94,41 +137,6 @@ def signed_in(handler: Callable[[Request, Viewer], Awaitable[Response]]) -> Hand
     return wrapped
 
 
-async def login_form(request: Request) -> Response:
-    if await _viewer(request) is not None:
-        return RedirectResponse("/console/keys", status_code=303)
-    return page("login.html", viewer=None, error=None)
-
-
-async def login(request: Request) -> Response:
-    try:
-        secret = (await read_form(request)).get("key", "").strip()
-    except ValueError as exc:
-        return page("login.html", 413, viewer=None, error=str(exc))
-    key = await context(request).keys.lookup(secret) if secret else None
-    if key is None or not key.usable():
-        error = "That API key is unknown, revoked or expired." if secret else "Enter an API key."
-        return page("login.html", 401, viewer=None, error=error)
-    signer = _signer(request)
-    response = RedirectResponse("/console/keys", status_code=303)
-    response.set_cookie(
-        COOKIE,
-        signer.dump(signer.new(key.name, key.prefix)),
-        max_age=LIFETIME_SECONDS,
-        path="/console",
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="lax",
-    )
-    return response
-
-
-async def logout(request: Request, viewer: Viewer) -> Response:
-    response = _to_login()
-    response.delete_cookie(COOKIE, path="/console")
-    return response
-
-
 async def home(request: Request) -> Response:
     return RedirectResponse("/console/keys", status_code=303)
 
@@ -139,7 +147,7 @@ async def list_keys(request: Request, viewer: Viewer) -> Response:
 
 async def _keys_page(request: Request, viewer: Viewer, status: int = 200, **extra: Any) -> Response:
     ctx = context(request)
-    keys = await ctx.keys.list(user=None if viewer.admin else viewer.key.user)
+    keys = await ctx.keys.list(user=None if viewer.admin else viewer.user_name)
     return page("keys.html", status, viewer=viewer, keys=keys, form={}, error=None, **extra)
 
 
@@ -170,7 +178,7 @@ async def create_key(request: Request, viewer: Viewer) -> Response:
     owner = form.get("user", "").strip() if viewer.admin else ""
     try:
         limits = _limits(form)
-        secret = await ctx.keys.create(name, user=owner or viewer.key.user, **limits)
+        secret = await ctx.keys.create(name, user=owner or viewer.user_name, **limits)
     except KeyError_ as exc:
         return await _keys_page(
             request, viewer, 400, **{"form": form, "error": _sentence(str(exc))}
@@ -233,8 +241,8 @@ async def reset_key(request: Request, viewer: Viewer) -> Response:
         return _missing(request, viewer)
     ctx = context(request)
     secret = await ctx.keys.reset(key.name)
-    # The session names its key by prefix, which just changed: resetting your own key signs out.
-    own = key.id == viewer.key.id
+    # A key session names its key by prefix, which just changed: resetting it signs you out.
+    own = viewer.signed_in_with(key)
     fresh = await ctx.keys.get(key.name)
     return _secret_page(request, ctx, None if own else viewer, fresh, secret, "reset")
 
@@ -244,21 +252,40 @@ async def revoke_key(request: Request, viewer: Viewer) -> Response:
     if key is None:
         return _missing(request, viewer)
     await context(request).keys.revoke(key.name)
-    if key.id == viewer.key.id:
-        return _to_login()
+    if viewer.signed_in_with(key):
+        return to_login()
     return await _keys_page(request, viewer, notice=f"Key “{key.name}” is revoked.")
 
 
 routes = [
     Route("/console", home, methods=["GET"]),
     Route("/console/", home, methods=["GET"]),
-    Route("/console/login", login_form, methods=["GET"]),
-    Route("/console/login", login, methods=["POST"]),
-    Route("/console/logout", signed_in(logout), methods=["POST"]),
     Route("/console/keys", signed_in(list_keys), methods=["GET"]),
     Route("/console/keys", signed_in(create_key), methods=["POST"]),
     Route("/console/keys/{name}/{action}", signed_in(confirm), methods=["GET"]),
     Route("/console/keys/{name}/reset", signed_in(reset_key), methods=["POST"]),
     Route("/console/keys/{name}/revoke", signed_in(revoke_key), methods=["POST"]),
+]
+
+
+async def not_found(request: Request) -> Response:
+    """Any other path under /console/: a 404 page in words (never the API's JSON)."""
+    try:
+        viewer = await current_viewer(request)
+    except Exception:
+        log.exception("console: the viewer of a 404 page could not be read")
+        viewer = None
+    return error_page(
+        f"There is no console page at “{request.url.path}”. Check the address, or use the links "
+        "at the top of the page.",
+        404,
+        viewer=viewer,
+        title="Page not found",
+    )
+
+
+# Last: static files, then everything else under /console/ is a 404 page.
+tail_routes = [
     Route("/console/static/{name}", static, methods=["GET"]),
+    Route("/console/{path:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ]

@@ -38,6 +38,23 @@ class User(Base):
     # Money is integer picodollars (llmrelay.accounting.money). NULL balance: unlimited.
     balance_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     spent_pusd: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # Console sign-in: a PHC-style scrypt string (NULL: no password), and a counter that a
+    # password change or disabling bumps, which ends every console session made before it.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class SigninToken(Base):
+    """A one-time console sign-in link: only its SHA-256 is kept; it dies on first use."""
+
+    __tablename__ = "signin_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKey(Base):

@@ -93,6 +93,43 @@ def _utc_day(value: datetime) -> date:
     return (value.astimezone(UTC) if value.tzinfo else value).date()
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ledger row as a page shows it: key and user by name (None: none, or deleted)."""
+
+    id: int
+    request_id: str
+    created_at: datetime  # UTC
+    key: str | None
+    user: str | None
+    model: str
+    channel: str | None
+    status: int
+    error_type: str | None
+    stream: bool
+    estimated: bool
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    search_calls: int
+    latency_ms: int
+    ttft_ms: int | None
+    cost_pusd: Money
+
+    @classmethod
+    def of(cls, row: Any) -> LedgerEntry:
+        values = {f.name: row[f.name] for f in fields(cls) if f.name not in ("key", "user")}
+        created = values["created_at"]
+        values["created_at"] = created if created.tzinfo else created.replace(tzinfo=UTC)
+        return cls(key=row["key_name"], user=row["user_name"], **values)
+
+
+def _as_date(value: Any) -> date:
+    """A day from a report (SQLite may hand back the text it stored)."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
 class UsageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -126,10 +163,24 @@ class UsageStore:
         key_id: int | None,
         user_id: int | None,
     ) -> Select[Any]:
-        daily_group, ledger_group = self._group(by)
-        daily = select(daily_group.label("g"), *(getattr(UsageDaily, n) for n in SUMS))
+        return self._sums([self._group(by)], since, until, key_id, user_id)
+
+    def _sums(
+        self,
+        groups: Sequence[tuple[SQLColumnExpression[Any], SQLColumnExpression[Any]]],
+        since: date | None,
+        until: date | None,
+        key_id: int | None,
+        user_id: int | None,
+    ) -> Select[Any]:
+        """The sums per group (pairs of usage_daily and ledger columns): the rolled-up days
+        plus the ledger rows not rolled up yet, so nothing is missed or counted twice."""
+        names = [f"g{i}" for i in range(len(groups))]
+        labelled: list[Any] = [d.label(n) for n, (d, _) in zip(names, groups, strict=True)]
+        daily = select(*labelled, *(getattr(UsageDaily, n) for n in SUMS))
+        labelled = [g.label(n) for n, (_, g) in zip(names, groups, strict=True)]
         ledger = select(
-            ledger_group.label("g"),
+            *labelled,
             func.count().label("requests"),
             func.sum(case((Ledger.status >= 400, 1), else_=0)).label("errors"),
             *(func.sum(getattr(Ledger, n)).label(n) for n in _TOKENS),
@@ -147,9 +198,11 @@ class UsageStore:
         if user_id is not None:
             daily = daily.where(UsageDaily.user_id == user_id)
             ledger = ledger.where(Ledger.user_id == user_id)
-        both = union_all(daily, ledger.group_by(ledger_group)).subquery()
+        ledger = ledger.group_by(*(g for _, g in groups))
+        both = union_all(daily, ledger).subquery()
+        keys = [both.c[n] for n in names]
         sums = (cast(func.coalesce(func.sum(both.c[n]), 0), BigInteger).label(n) for n in SUMS)
-        return select(both.c.g, *sums).group_by(both.c.g)
+        return select(*keys, *sums).group_by(*keys)
 
     async def usage(
         self,
@@ -185,6 +238,59 @@ class UsageStore:
             found = {row[0]: row[1] for row in rows}
         missing = "(no key)" if by == "key" else "(no user)"
         return lambda g: found.get(g, f"#{g}") if g else missing
+
+    async def usage_by_day_and_model(
+        self,
+        since: date | None = None,
+        until: date | None = None,
+        *,
+        key_id: int | None = None,
+        user_id: int | None = None,
+    ) -> list[tuple[date, UsageRow]]:
+        """Sums per UTC day and model (the row's ``group`` is the model), days in order;
+        like :meth:`usage`, exact whether or not the rows are rolled up yet."""
+        groups = [self._group("day"), self._group("model")]
+        async with self.db.engine.connect() as conn:
+            found = (await conn.execute(self._sums(groups, since, until, key_id, user_id))).all()
+        rows = [(_as_date(r[0]), UsageRow(str(r[1]), *(int(v) for v in r[2:]))) for r in found]
+        return sorted(rows, key=lambda pair: (pair[0], pair[1].group))
+
+    async def requests(
+        self,
+        since: date | None = None,
+        until: date | None = None,
+        *,
+        key_id: int | None = None,
+        user_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[LedgerEntry]:
+        """Ledger rows (still kept, see :meth:`prune`), newest first; ``before_id`` pages on
+        from the last row of a previous page."""
+        query = (
+            select(
+                Ledger.__table__,
+                ApiKey.name.label("key_name"),
+                User.name.label("user_name"),
+            )
+            .outerjoin(ApiKey.__table__, Ledger.key_id == ApiKey.id)
+            .outerjoin(User.__table__, Ledger.user_id == User.id)
+            .order_by(Ledger.id.desc())
+            .limit(limit)
+        )
+        if since is not None:
+            query = query.where(Ledger.created_at >= day_start(since))
+        if until is not None:
+            query = query.where(Ledger.created_at < day_start(until + timedelta(days=1)))
+        if key_id is not None:
+            query = query.where(Ledger.key_id == key_id)
+        if user_id is not None:
+            query = query.where(Ledger.user_id == user_id)
+        if before_id is not None:
+            query = query.where(Ledger.id < before_id)
+        async with self.db.engine.connect() as conn:
+            found = (await conn.execute(query)).mappings().all()
+        return [LedgerEntry.of(row) for row in found]
 
     # -- roll-up and retention ------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ class UserRecord:
     created_at: datetime
     disabled_at: datetime | None
     keys: int = 0
+    has_password: bool = False  # may sign in to the console with a password
+    session_version: int = 0  # bumped to end the user's console sessions
 
     @property
     def enabled(self) -> bool:
@@ -51,6 +53,8 @@ def _record(row: Any, keys: int = 0) -> UserRecord:
         created_at=row.created_at,
         disabled_at=row.disabled_at,
         keys=keys,
+        has_password=row.password_hash is not None,
+        session_version=row.session_version,
     )
 
 
@@ -112,12 +116,13 @@ class UserStore:
         await self._update(name, role=check_role(role))
 
     async def disable(self, name: str) -> None:
-        """The user's keys stop working within a second (the key cache's lifetime)."""
+        """The user's keys stop working within a second (the key cache's lifetime), and their
+        console sessions end (a new session version: enabling again does not revive them)."""
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 update(User)
                 .where(User.name == name, User.disabled_at.is_(None))
-                .values(disabled_at=datetime.now(UTC))
+                .values(disabled_at=datetime.now(UTC), session_version=User.session_version + 1)
             )
         await self.get(name)  # raises if unknown
 
