@@ -1,10 +1,12 @@
 """llmrelay in front of a fast local OpenAI-compatible upstream, against going direct and
 against a minimal aiohttp relay (the floor a Python relay reaches), in one run.
 
-    .venv/bin/python -m bench.relay --seconds 8
+    .venv/bin/python -m bench.relay --seconds 4 --rounds 5
 
-wrk drives each target at concurrency 1 and 32, non-streaming and streaming (3 chunks);
-then 1,000-chunk streams measure time to first token and the relay's CPU time per chunk.
+wrk drives each target at concurrency 1 and 32, non-streaming and streaming (3 chunks), in
+``--rounds`` rounds whose target order rotates, so the floor and llmrelay are measured side by
+side each round; the table shows medians, and "vs floor" is the median of each round's ratio.
+Then 1,000-chunk streams measure time to first token and the relay's CPU time per chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -123,6 +126,7 @@ def long_streams(url: str, pid: int | None, chunks: int, runs: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunks", type=int, default=1000)
     args = parser.parse_args()
     up_port, floor_port = free_port(), free_port()
@@ -151,6 +155,7 @@ def main() -> None:
             "llmrelay": (relay_url + "/v1/chat/completions", pids[0]),
         }
         rows = []
+        names = list(targets)
         for stream in (False, True):
             body = {
                 "model": "bench",
@@ -159,32 +164,36 @@ def main() -> None:
                 "stream": stream,
             }
             for connections in (1, 32):
-                for name, (url, _) in targets.items():
-                    wrk(url, body, connections, 2)  # warm-up
-                    rows.append(
-                        (stream, connections, name, wrk(url, body, connections, args.seconds))
-                    )
+                rounds: list[dict[str, dict[str, float]]] = []
+                for i in range(args.rounds):
+                    found = {}
+                    for name in names[i % 3 :] + names[: i % 3]:
+                        url = targets[name][0]
+                        wrk(url, body, connections, 1)  # warm-up
+                        found[name] = wrk(url, body, connections, args.seconds)
+                    rounds.append(found)
+                rows.append((stream, connections, rounds))
         print(
             f"{'mode':<10} {'conc':>4} {'target':<16} {'req/s':>9} {'p50 ms':>8} "
             f"{'p99 ms':>8} {'added p50':>10} {'vs floor':>9}"
         )
-        for stream, connections, name, r in rows:
-            direct = next(
-                x
-                for s, c, n, x in rows
-                if s == stream and c == connections and n == "direct upstream"
-            )
-            floor = next(
-                x
-                for s, c, n, x in rows
-                if s == stream and c == connections and n == "aiohttp floor"
-            )
+        for stream, connections, rounds in rows:
             mode = "stream" if stream else "json"
-            print(
-                f"{mode:<10} {connections:>4} {name:<16} {r['rps']:>9.0f} {r['p50']:>8.3f} "
-                f"{r['p99']:>8.3f} {r['p50'] - direct['p50']:>10.3f} "
-                f"{r['rps'] / floor['rps']:>9.2f}"
-            )
+            for name in names:
+
+                def median(what: str, name: str = name, rounds: list[Any] = rounds) -> float:
+                    return statistics.median(r[name][what] for r in rounds)
+
+                added = statistics.median(
+                    r[name]["p50"] - r["direct upstream"]["p50"] for r in rounds
+                )
+                ratio = statistics.median(
+                    r[name]["rps"] / r["aiohttp floor"]["rps"] for r in rounds
+                )
+                print(
+                    f"{mode:<10} {connections:>4} {name:<16} {median('rps'):>9.0f} "
+                    f"{median('p50'):>8.3f} {median('p99'):>8.3f} {added:>10.3f} {ratio:>9.2f}"
+                )
         print(f"\n{args.chunks}-chunk stream (median of 5): time to first token, relay CPU")
         for name, (url, pid) in targets.items():
             r = long_streams(url, pid, args.chunks, 5)

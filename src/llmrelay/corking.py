@@ -8,12 +8,16 @@ of the event loop and writes it at once at the start of the next turn, the same 
 aiohttp's server sends headers together with the first body part. What is ready together
 (headers and a whole JSON body, or several SSE events decoded from one upstream read) leaves in
 one write; a stream whose events arrive one by one still sends each as soon as it arrives.
+A burst is written as soon as it holds ``FLUSH_BYTES``: a fast upstream's read may carry
+hundreds of events, and the client should not wait for the last of them to see the first.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, cast
+
+FLUSH_BYTES = 4096
 
 
 class CorkedTransport:
@@ -22,6 +26,7 @@ class CorkedTransport:
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._pending: list[bytes] = []
+        self._size = 0
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -30,6 +35,9 @@ class CorkedTransport:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
+        self._size += len(data)
+        if self._size >= FLUSH_BYTES:
+            self._flush()  # the call_soon above then finds nothing to do
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
@@ -40,6 +48,7 @@ class CorkedTransport:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
+        self._size = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -49,10 +58,11 @@ class CorkedTransport:
 
     def abort(self) -> None:
         self._pending.clear()
+        self._size = 0
         self._transport.abort()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+        return self._transport.get_write_buffer_size() + self._size
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (is_closing, get_extra_info, pause_reading, set_protocol, …) is the
