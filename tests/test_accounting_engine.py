@@ -14,11 +14,17 @@ from typing import Any
 
 import pytest
 
-from llmrelay.accounting.limits import Limiter, MemoryLimiter, Reservation, create_limiter
+from llmrelay.accounting.limits import (
+    Limiter,
+    MemoryLimiter,
+    RateStatus,
+    Reservation,
+    create_limiter,
+)
 from llmrelay.accounting.money import parse_price
 from llmrelay.accounting.pricing import Consumption, cost, usage_cost, worst_case
 from llmrelay.accounting.redis_limits import RedisLimiter
-from llmrelay.errors import InsufficientQuota, ServiceUnavailable, error_payload
+from llmrelay.errors import InsufficientQuota, RateLimited, ServiceUnavailable, error_payload
 from llmrelay.store.prices import PriceRecord
 from llmrelay.stream import Usage
 from tests.limiters import LIMITERS, Backend, limiter_backend, redis_keys
@@ -334,6 +340,47 @@ def test_forget_relearns_the_spend(backend: Backend) -> None:
         assert await _reserve(limiter, 1, 51, key_credit=100) is None
         await limiter.forget(key_id=1)  # e.g. an admin reset the key's spend to 0
         assert await _reserve(limiter, 1, 100, key_credit=100, key_spent=0) is not None
+        await limiter.close()
+
+    run(work())
+
+
+async def _admit(limiter: Limiter, amount: int | None, **limits: Any) -> Reservation | None:
+    """Admit one request on key 1 of user 1 (credit 100): its reservation, None without one."""
+    values = {"rpm": None, "tpm": None, "tokens": 1, "key_credit": 100, "key_spent": 0}
+    values |= {"user_balance": None, "user_spent": 0}
+    _, reservation = await limiter.admit(1, 1, amount=amount, **(values | limits))
+    return reservation
+
+
+def test_admit_checks_the_rate_then_reserves(backend: Backend) -> None:
+    async def work() -> None:
+        limiter = backend.make()
+        status, held = await limiter.admit(
+            1, 1, rpm=3, tpm=None, tokens=1, amount=60, key_credit=100, key_spent=0,
+            user_balance=None, user_spent=0,
+        )  # fmt: skip
+        assert held is not None and held.amount == 60
+        assert status.headers()["x-ratelimit-remaining-requests"] == "2"
+        # Refused for money: the request still counts against the RPM.
+        with pytest.raises(InsufficientQuota):
+            await _admit(limiter, 60, rpm=3)
+        assert await _admit(limiter, None, rpm=3) is None  # the third request: no money asked
+        # Refused by the RPM: nothing is reserved, so all 40 left can still be held.
+        with pytest.raises(RateLimited):
+            await _admit(limiter, 40, rpm=3)
+        with pytest.raises(RateLimited, match="Request too large"):
+            await _admit(limiter, 40, tpm=10, tokens=11)
+        assert await _reserve(limiter, 1, 40, key_credit=100) is not None
+        assert await _reserve(limiter, 1, 1, key_credit=100) is None
+        # No limits and no money: nothing to do.
+        assert await limiter.admit(
+            2, 1, rpm=None, tpm=None, tokens=5, amount=None, key_credit=None, key_spent=0,
+            user_balance=None, user_spent=0,
+        ) == (RateStatus(), None)  # fmt: skip
+        await limiter.finish(held, 10, 1, 0)
+        assert await _reserve(limiter, 1, 51, key_credit=100) is None  # 10 spent, 40 held
+        assert await _reserve(limiter, 1, 50, key_credit=100) is not None
         await limiter.close()
 
     run(work())

@@ -1,9 +1,25 @@
 """The :class:`~llmrelay.accounting.limits.Limiter` for many processes: state in Redis.
 
-Every operation is one Lua script (registered once with ``register_script``, run by EVALSHA),
-so a check and its update are atomic across every process that shares the Redis. The rules
-are those of ``limits.py``; the keys, all under one hash tag so a Redis Cluster keeps them in
-one slot (``P`` is ``{prefix}``, by default ``{llmrelay}``):
+Every operation runs in a Lua script (``redis_scripts.py``), so a check and its update are
+atomic across every process that shares the Redis. The rules are those of ``limits.py``.
+
+Batching. redis-py spends tens of microseconds of CPU on each command, more than the rest of a
+request's accounting, so calls are grouped: the :meth:`~RedisLimiter.admit` calls (rate check
+and reservation; :meth:`~RedisLimiter.check_rate` and :meth:`~RedisLimiter.reserve` too) made
+during one turn of the event loop go to Redis as one EVALSHA of the admit script, and the
+:meth:`~RedisLimiter.finish` and :meth:`~RedisLimiter.finish_soon` calls (settlements and token
+corrections; :meth:`~RedisLimiter.settle` and :meth:`~RedisLimiter.add_tokens` too) as one of
+the finish script. The first call of a turn opens a batch and starts the task that sends it,
+whose first step runs, like a ``call_soon`` callback, once the callbacks ready in this turn
+have run: a batch never waits for a timer, and a lone call costs no latency. Later calls of the
+turn join the batch, up to :data:`MAX_BATCH` items. The script handles its items in order, each
+with the rules of one call, so items for one key or user behave as consecutive calls, and
+answers each caller alone: a refusal (``RateLimited``, ``InsufficientQuota``) is that item's,
+while a Redis error fails every item of the batch (503; what the script did before the error
+stays done, and a reservation nobody learned of lapses after ``reservation_ttl``).
+
+The keys, all under one hash tag so a Redis Cluster keeps them in one slot (``P`` is
+``{prefix}``, by default ``{llmrelay}``):
 
 ``P:key:<id>``, ``P:user:<id>`` (hash)
     ``spent``: settled spend (picodollars), first learned with HSETNX from the database value
@@ -21,12 +37,16 @@ one slot (``P`` is ``{prefix}``, by default ``{llmrelay}``):
 Money can exceed 2**53 picodollars (about 9000 USD), beyond what Lua's doubles hold exactly,
 so the scripts add and compare money as two base-1e9 limbs and store it with HINCRBY (exact
 64-bit integers); bucket levels stay below 2**53 and use plain numbers. The time is the
-caller's clock (ms), so processes should keep their clocks in sync (NTP).
+caller's clock (ms) when a batch is sent, so processes should keep their clocks in sync (NTP).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,7 +55,6 @@ from redis.exceptions import RedisError
 from llmrelay.accounting.limits import (
     RESERVATION_TTL,
     STATE_TTL,
-    WINDOW_MS,
     Clock,
     RateStatus,
     Reservation,
@@ -45,179 +64,108 @@ from llmrelay.accounting.limits import (
     refused_outright,
 )
 from llmrelay.accounting.money import Money
+from llmrelay.accounting.redis_scripts import ADMIT_LUA, FINISH_LUA, FORGET_LUA
 from llmrelay.errors import ServiceUnavailable
 
-_MONEY_LUA = """
-local B = 1000000000
-local function big(s)
-  s = tostring(s or '0')
-  local neg = string.sub(s, 1, 1) == '-'
-  if neg then s = string.sub(s, 2) end
-  local n = string.len(s)
-  local hi, lo = 0, tonumber(s)
-  if n > 9 then
-    hi = tonumber(string.sub(s, 1, n - 9))
-    lo = tonumber(string.sub(s, n - 8))
-  end
-  if neg then
-    if lo > 0 then return {-hi - 1, B - lo} end
-    return {-hi, 0}
-  end
-  return {hi, lo}
-end
-local function add(a, b)
-  local hi, lo = a[1] + b[1], a[2] + b[2]
-  if lo >= B then hi, lo = hi + 1, lo - B end
-  return {hi, lo}
-end
-local function cmp(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] and -1 or 1 end
-  if a[2] ~= b[2] then return a[2] < b[2] and -1 or 1 end
-  return 0
-end
-local function release(hash, amount)
-  if amount == '0' then return end
-  redis.call('HINCRBY', hash, 'reserved', '-' .. amount)
-  if big(redis.call('HGET', hash, 'reserved'))[1] < 0 then
-    redis.call('HSET', hash, 'reserved', 0)
-  end
-end
-"""
-
-_RESERVE_LUA = (
-    _MONEY_LUA
-    + """
-local function lapse(hash, held, now)
-  local gone = redis.call('ZRANGEBYSCORE', held, '-inf', now)
-  for _, member in ipairs(gone) do
-    release(hash, string.match(member, ':(%d+)$'))
-  end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', held, '-inf', now) end
-end
-local function learn(hash, spent)
-  redis.call('HSETNX', hash, 'spent', spent)
-  redis.call('HSETNX', hash, 'reserved', 0)
-  if cmp(big(spent), big(redis.call('HGET', hash, 'spent'))) > 0 then
-    redis.call('HSET', hash, 'spent', spent)
-  end
-  local state = redis.call('HMGET', hash, 'spent', 'reserved')
-  return add(big(state[1]), big(state[2]))
-end
--- ARGV: amount, key credit or '', key spent, user funded or '', user spent, now, deadline,
--- member, state ttl (ms). Returns 0 (held), 1 (key credit short), 2 (user balance short).
-local amount = big(ARGV[1])
-lapse(KEYS[1], KEYS[2], ARGV[6])
-lapse(KEYS[3], KEYS[4], ARGV[6])
-local key_used = learn(KEYS[1], ARGV[3])
-local user_used = learn(KEYS[3], ARGV[5])
-local result = 0
-if ARGV[2] ~= '' and cmp(add(key_used, amount), big(ARGV[2])) > 0 then
-  result = 1
-elseif ARGV[4] ~= '' and cmp(add(user_used, amount), big(ARGV[4])) > 0 then
-  result = 2
-else
-  for i = 1, 3, 2 do
-    redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[1])
-    redis.call('ZADD', KEYS[i + 1], ARGV[7], ARGV[8])
-  end
-end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
-return result
-"""
-)
-
-_SETTLE_LUA = (
-    _MONEY_LUA
-    + """
--- ARGV: member, amount, actual cost, state ttl (ms).
-for i = 1, 3, 2 do
-  if redis.call('ZREM', KEYS[i + 1], ARGV[1]) == 1 then release(KEYS[i], ARGV[2]) end
-  if ARGV[3] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], 'spent', ARGV[3])
-  end
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('PEXPIRE', KEYS[i], ARGV[4])
-    redis.call('PEXPIRE', KEYS[i + 1], ARGV[4])
-  end
-end
-return 0
-"""
-)
-
-_FORGET_LUA = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'spent', 0) end
-end
-return 0
-"""
-
-_BUCKET_LUA = """
-local now = tonumber(ARGV[1])
-local W = tonumber(ARGV[2])
-local function level(key, limit)
-  local v = redis.call('HMGET', key, 'level', 'at')
-  local lvl, at = tonumber(v[1]), tonumber(v[2])
-  if lvl == nil then return limit * W end
-  if now > at then lvl = lvl + (now - at) * limit end
-  if lvl > limit * W then lvl = limit * W end
-  return lvl
-end
-local function save(key, lvl, limit)
-  redis.call('HSET', key, 'level', string.format('%d', lvl), 'at', ARGV[1], 'limit', limit)
-  redis.call('PEXPIRE', key, math.ceil((limit * W - lvl) / limit) + 1000)
-end
-"""
-
-_RATE_LUA = (
-    _BUCKET_LUA
-    + """
--- ARGV: now, W, rpm or '', tpm or '', tokens. Returns the levels (-1: no limit) and the
--- waits (ms) of the request and token buckets; both are taken only when neither must wait.
-local function wait(lvl, need, limit)
-  if lvl >= need then return 0 end
-  return math.ceil((need - lvl) / limit)
-end
-local rpm, tpm, tokens = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local rl, tl, rw, tw = -1, -1, 0, 0
-if rpm then rl = level(KEYS[1], rpm); rw = wait(rl, W, rpm) else redis.call('DEL', KEYS[1]) end
-if tpm then
-  tl = level(KEYS[2], tpm); tw = wait(tl, tokens * W, tpm)
-else
-  redis.call('DEL', KEYS[2])
-end
-if rw == 0 and tw == 0 then
-  if rpm then rl = rl - W; save(KEYS[1], rl, rpm) end
-  if tpm then tl = tl - tokens * W; save(KEYS[2], tl, tpm) end
-end
-return {rl, tl, rw, tw}
-"""
-)
-
-_ADD_TOKENS_LUA = (
-    _BUCKET_LUA
-    + """
--- ARGV: now, W, delta (tokens). The level stays within one minute's allowance either way.
-local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
-if limit == nil then return 0 end
-local lvl = level(KEYS[1], limit) - tonumber(ARGV[3]) * W
-if lvl < -limit * W then lvl = -limit * W end
-if lvl > limit * W then lvl = limit * W end
-save(KEYS[1], lvl, limit)
-return 0
-"""
-)
+log = logging.getLogger(__name__)
+MAX_BATCH = 64  # items in one script call: it blocks Redis while it runs
+_NAMES_KEPT = 100_000  # key names cached per kind (ids are few; this only bounds a surprise)
+_KEY_NAMES = ("rate:{}:req", "rate:{}:tok", "key:{}", "key:{}:held")
+_USER_NAMES = ("user:{}", "user:{}:held")
+Script = Callable[..., Awaitable[Any]]  # redis-py's AsyncScript: keys=, args=
 
 
 def _unreachable(exc: RedisError) -> ServiceUnavailable:
-    return ServiceUnavailable(
+    error = ServiceUnavailable(
         "The rate-limit and budget store is unavailable; retry shortly.",
         headers={"Retry-After": "1"},
         retry_after=1.0,
     )
+    error.__cause__ = exc
+    return error
 
 
-def _optional(value: int | None) -> str:
-    return "" if value is None else str(value)
+def _log_failure(future: asyncio.Future[str]) -> None:
+    error = None if future.cancelled() else future.exception()
+    if error is not None:  # the reservation lapses after its ttl; the ledger has the cost
+        log.warning("Settling a request in Redis failed: %s", error)
+
+
+def _field(value: int | None) -> str | int:
+    return "_" if value is None else value
+
+
+class _Batch:
+    __slots__ = ("args", "futures", "keys", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.keys: list[bytes] = []
+        self.args: list[str] = []
+        self.futures: list[asyncio.Future[str]] = []
+
+
+class _Batcher:
+    """The calls of one script made during one event-loop turn, sent as one EVALSHA."""
+
+    def __init__(self, script: Script, header: Callable[[], list[int]]) -> None:
+        self.script = script
+        self.header = header  # the ARGV before the items, taken when the batch is sent
+        self.sent = 0  # script calls, for tests and measurements
+        self._open: _Batch | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def add(self, keys: Iterable[bytes], item: str) -> asyncio.Future[str]:
+        """Queue one item; the future gets its answer, or the batch's error."""
+        loop = asyncio.get_running_loop()
+        batch = self._open
+        if batch is None or batch.loop is not loop:  # (a loop that ended left its batch)
+            batch = self._open = _Batch(loop)
+            # The task's first step is scheduled like call_soon: it runs once the callbacks
+            # ready now (the other callers of this turn) have run. A task of its own, so that
+            # no caller's cancellation leaves the others without answers.
+            task = loop.create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(functools.partial(self._sent, batch))
+        batch.keys += keys
+        batch.args.append(item)
+        future: asyncio.Future[str] = loop.create_future()
+        batch.futures.append(future)
+        if len(batch.futures) >= MAX_BATCH:
+            self._open = None  # full; it is still sent at the end of the turn
+        return future
+
+    async def _send(self, batch: _Batch) -> None:
+        if self._open is batch:
+            self._open = None
+        self.sent += 1
+        futures = batch.futures
+        try:
+            found = await self.script(keys=batch.keys, args=[*self.header(), *batch.args])
+            answers = (found.decode() if isinstance(found, bytes) else str(found)).split(" ")
+            if len(answers) != len(futures):
+                raise RuntimeError(f"{len(answers)} answers to {len(futures)} limiter calls")
+        except Exception as exc:
+            for future in futures:
+                if not future.done():
+                    error = _unreachable(exc) if isinstance(exc, RedisError) else exc
+                    future.set_exception(error)
+            return
+        for future, answer in zip(futures, answers, strict=True):
+            if not future.done():  # its caller may have been cancelled
+                future.set_result(answer)
+
+    def _sent(self, batch: _Batch, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._open is batch:
+            self._open = None
+        for future in batch.futures:
+            future.cancel()  # only those left unanswered: the task was cancelled
+
+    async def wait(self) -> None:
+        """Until the batches sent so far are answered."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
 
 class RedisLimiter:
@@ -243,27 +191,123 @@ class RedisLimiter:
         self._reservation_ms = int(reservation_ttl * 1000)
         # State outlives every reservation it holds.
         self._state_ms = max(int(state_ttl * 1000), self._reservation_ms + 60_000)
-        self._reserve = self.redis.register_script(_RESERVE_LUA)
-        self._settle = self.redis.register_script(_SETTLE_LUA)
-        self._forget = self.redis.register_script(_FORGET_LUA)
-        self._rate = self.redis.register_script(_RATE_LUA)
-        self._add_tokens = self.redis.register_script(_ADD_TOKENS_LUA)
+        self._admits = _Batcher(self.redis.register_script(ADMIT_LUA), self._admit_header)
+        self._finishes = _Batcher(self.redis.register_script(FINISH_LUA), self._finish_header)
+        self._forget = self.redis.register_script(FORGET_LUA)
+        options = self.redis.connection_pool.connection_kwargs  # redis-py's encoding of names
+        self._encoding: tuple[str, str] = (
+            options.get("encoding", "utf-8"),
+            options.get("encoding_errors", "strict"),
+        )
+        self._key_names: dict[int, tuple[bytes, ...]] = {}
+        self._user_names: dict[int, tuple[bytes, ...]] = {}
+        self._placeholder = self.prefix.encode(*self._encoding)
+
+    @property
+    def batches(self) -> int:
+        """Admit and finish script calls sent so far (each carries up to MAX_BATCH items)."""
+        return self._admits.sent + self._finishes.sent
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
-    def _budget_keys(self, key_id: int, user_id: int) -> list[str]:
-        key, user = f"{self.prefix}:key:{key_id}", f"{self.prefix}:user:{user_id}"
-        return [key, f"{key}:held", user, f"{user}:held"]
+    def _admit_header(self) -> list[int]:
+        now = self._now()
+        return [now, now + self._reservation_ms, self._state_ms]
 
-    def _rate_keys(self, key_id: int) -> list[str]:
-        return [f"{self.prefix}:rate:{key_id}:req", f"{self.prefix}:rate:{key_id}:tok"]
+    def _finish_header(self) -> list[int]:
+        return [self._now(), self._state_ms]
 
-    async def _run(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except RedisError as exc:
-            raise _unreachable(exc) from exc
+    def _names(
+        self, cache: dict[int, tuple[bytes, ...]], forms: tuple[str, ...], ident: int
+    ) -> tuple[bytes, ...]:
+        """A key's (request bucket, token bucket, hash, held set) or a user's (hash, held set),
+        encoded once: redis-py would encode a str on every call."""
+        names = cache.get(ident)
+        if names is None:
+            if len(cache) >= _NAMES_KEPT:
+                cache.clear()
+            forms = tuple(f"{self.prefix}:{form.format(ident)}" for form in forms)
+            names = cache[ident] = tuple(name.encode(*self._encoding) for name in forms)
+        return names
+
+    async def _admit(
+        self,
+        key_id: int,
+        user_id: int,
+        rate: tuple[int | None, int | None, int] | None,
+        reservation: Reservation | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> RateStatus:
+        """One admit item: the rate check (``rate``: rpm, tpm, tokens; None: none) and/or the
+        reservation. Raises the item's refusal, or returns the rate status."""
+        rpm, tpm, tokens = rate if rate is not None else (None, None, None)
+        funded = None if user_balance is None else user_balance + user_spent
+        if reservation is None:
+            money = "_ _ _ _ _ _"
+        else:
+            money = (
+                f"{reservation.amount} {_field(key_credit)} {max(0, key_spent)} "
+                f"{_field(funded)} {max(0, user_spent)} {reservation.member}"
+            )
+        item = f"{_field(rpm)} {_field(tpm)} {_field(tokens)} {money}"
+        keys = self._names(self._key_names, _KEY_NAMES, key_id)
+        keys += self._names(self._user_names, _USER_NAMES, user_id)
+        answer = await self._admits.add(keys, item)
+        rl, tl, rw, tw, money_short = (int(v) for v in answer.split(","))
+        status = RateStatus()
+        if rate is not None:
+            status = RateStatus(
+                rpm=rpm,
+                requests_level=rl if rpm is not None else 0,
+                tpm=tpm,
+                tokens_level=tl if tpm is not None else 0,
+            )
+            if rw or tw:
+                short = ["requests"] if rw else []
+                raise rate_error(status, max(rw, tw), short + (["tokens"] if tw else []))
+        if money_short:
+            raise quota_error("key" if money_short == 1 else "user")
+        return status
+
+    async def admit(
+        self,
+        key_id: int,
+        user_id: int,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> tuple[RateStatus, Reservation | None]:
+        tokens = max(0, tokens)
+        error = refused_outright(rpm, tpm, tokens)
+        if error is not None:
+            raise error
+        if amount is None and rpm is None and tpm is None:
+            return RateStatus(), None
+        reservation = None
+        if amount is not None:
+            check_money(amount)
+            reservation = Reservation(key_id, user_id, amount)
+        status = await self._admit(
+            key_id,
+            user_id,
+            (rpm, tpm, tokens),
+            reservation,
+            key_credit,
+            key_spent,
+            user_balance,
+            user_spent,
+        )
+        return status, reservation
 
     async def reserve(
         self,
@@ -277,96 +321,79 @@ class RedisLimiter:
         user_spent: Money,
     ) -> Reservation:
         check_money(amount)
-        now = self._now()
         reservation = Reservation(key_id, user_id, amount)
-        funded = None if user_balance is None else user_balance + user_spent
-        args: list[str | int] = [
-            str(amount),
-            _optional(key_credit),
-            str(max(0, key_spent)),
-            _optional(funded),
-            str(max(0, user_spent)),
-            now,
-            now + self._reservation_ms,
-            reservation.member,
-            self._state_ms,
-        ]
-        result = await self._run(self._reserve, self._budget_keys(key_id, user_id), args)
-        if int(result) == 1:
-            raise quota_error("key")
-        if int(result) == 2:
-            raise quota_error("user")
+        await self._admit(
+            key_id, user_id, None, reservation, key_credit, key_spent, user_balance, user_spent
+        )
         return reservation
-
-    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        check_money(actual_cost, "actual_cost")
-        if reservation.settled:
-            return
-        reservation.settled = True
-        keys = self._budget_keys(reservation.key_id, reservation.user_id)
-        args: list[str | int] = [
-            reservation.member,
-            str(reservation.amount),
-            str(actual_cost),
-            self._state_ms,
-        ]
-        await self._run(self._settle, keys, args)
 
     async def check_rate(
         self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
     ) -> RateStatus:
-        tokens = max(0, tokens)
-        error = refused_outright(rpm, tpm, tokens)
-        if error is not None:
-            raise error
-        if rpm is None and tpm is None:
-            return RateStatus()
-        args: list[str | int] = [self._now(), WINDOW_MS, _optional(rpm), _optional(tpm), tokens]
-        found = await self._run(self._rate, self._rate_keys(key_id), args)
-        levels, waits = [int(v) for v in found[:2]], [int(v) for v in found[2:]]
-        status = RateStatus(rpm=rpm, requests_level=levels[0], tpm=tpm, tokens_level=levels[1])
-        short = [kind for kind, wait in zip(("requests", "tokens"), waits, strict=True) if wait]
-        if short:
-            raise rate_error(status, max(waits), short)
+        status, _ = await self.admit(
+            key_id,
+            0,
+            rpm=rpm,
+            tpm=tpm,
+            tokens=tokens,
+            amount=None,
+            key_credit=None,
+            key_spent=0,
+            user_balance=None,
+            user_spent=0,
+        )
         return status
 
-    async def add_tokens(self, key_id: int, delta: int) -> None:
-        if delta:
-            keys = self._rate_keys(key_id)[1:]
-            await self._run(self._add_tokens, keys, [self._now(), WINDOW_MS, delta])
+    def _finish(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> asyncio.Future[str] | None:
+        """Queue one finish item (None: nothing to do)."""
+        check_money(actual_cost, "actual_cost")
+        keys = self._names(self._key_names, _KEY_NAMES, key_id)[1:2]
+        if reservation is not None and not reservation.settled:
+            reservation.settled = True
+            keys += self._names(self._key_names, _KEY_NAMES, reservation.key_id)[2:]
+            keys += self._names(self._user_names, _USER_NAMES, reservation.user_id)
+            item = f"{reservation.member} {reservation.amount} {actual_cost} {token_delta}"
+        elif token_delta:
+            keys += (self._placeholder,) * 4  # nothing to settle; a name in the same slot
+            item = f"_ _ _ {token_delta}"
+        else:
+            return None
+        return self._finishes.add(keys, item)
 
     async def finish(
         self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
     ) -> None:
-        check_money(actual_cost, "actual_cost")
-        pipe = self.redis.pipeline(transaction=False)  # one round trip for both scripts
-        if reservation is not None and not reservation.settled:
-            reservation.settled = True
-            keys = self._budget_keys(reservation.key_id, reservation.user_id)
-            args: list[str | int] = [
-                reservation.member,
-                str(reservation.amount),
-                str(actual_cost),
-                self._state_ms,
-            ]
-            await self._settle(keys=keys, args=args, client=pipe)
-        if token_delta:
-            keys = self._rate_keys(key_id)[1:]
-            await self._add_tokens(
-                keys=keys, args=[self._now(), WINDOW_MS, token_delta], client=pipe
-            )
-        if len(pipe):
-            try:
-                await pipe.execute()
-            except RedisError as exc:
-                raise _unreachable(exc) from exc
+        future = self._finish(reservation, actual_cost, key_id, token_delta)
+        if future is not None:
+            await future
+
+    def finish_soon(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        # The batch's own task sends the item: no task per call, and no caller to cancel it.
+        future = self._finish(reservation, actual_cost, key_id, token_delta)
+        if future is not None:
+            future.add_done_callback(_log_failure)
+
+    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+        await self.finish(reservation, actual_cost, reservation.key_id, 0)
+
+    async def add_tokens(self, key_id: int, delta: int) -> None:
+        await self.finish(None, 0, key_id, delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         keys = [f"{self.prefix}:key:{key_id}"] if key_id is not None else []
         keys += [f"{self.prefix}:user:{user_id}"] if user_id is not None else []
         if keys:
-            await self._run(self._forget, keys, [])
+            try:
+                await self._forget(keys=keys, args=[])
+            except RedisError as exc:
+                raise _unreachable(exc) from exc
 
     async def close(self) -> None:
+        await self._admits.wait()
+        await self._finishes.wait()
         if self._owned:
             await self.redis.aclose()
