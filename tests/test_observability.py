@@ -213,3 +213,15 @@ def test_request_ids_are_echoed_or_made(obs: Server) -> None:
     lines = server_lines(obs, made, until="llmrelay.access")
     assert [e["path"] for e in lines if e["logger"] == "llmrelay.access"] == ["/healthz"]
     assert "model" not in lines[-1]
+
+
+def test_ledger_writes_are_counted(ohttp: httpx.Client) -> None:
+    before = scrape(ohttp)
+    for _ in range(3):
+        assert ohttp.post(ROUTE, json=chat("Hi", model="obs-model")).status_code == 200
+    after = scrape(ohttp)
+    ledger = "llmrelay_ledger_total"
+    # Each answer's row is committed before the answer is sent, so all three are counted.
+    assert moved(before, after, ledger, what="rows") == 3
+    assert 1 <= moved(before, after, ledger, what="transactions") <= 3
+    assert moved(before, after, ledger, what="failed_rows") == 0

@@ -102,13 +102,13 @@ def build_app(
         circuit_cooldown=settings.circuit_cooldown_seconds,
     )
     channels = ChannelManager(settings, router, local, ChannelStore(db))
+    # No wait for more rows: those that arrive during a commit form the next batch.
+    ledger = LedgerWriter(db, max_delay=0.0)
     metrics = Metrics()
-    metrics.register(router.breakers, local.stats)
+    metrics.register(router.breakers, local.stats, ledger.counts)
     accounts = Accounts(
         limiter=create_limiter(settings.redis_url, prefix=settings.redis_prefix),
-        ledger=LedgerWriter(
-            db, max_delay=0.0
-        ),  # rows that arrive during a commit form the next batch
+        ledger=ledger,
         prices=PriceBook(PriceStore(db)),
         estimate=channels.estimate,
         default_reserve_tokens=settings.reserve_max_tokens,

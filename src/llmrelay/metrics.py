@@ -133,9 +133,10 @@ class Metrics:
         self,
         breakers: Mapping[str, CircuitBreaker],
         engine_stats: Callable[[], Mapping[str, Mapping[str, int]]],
+        ledger_counts: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         """Expose these numbers, the app's state gauges and the process's own metrics."""
-        self.registry.register(MetricsCollector(self, breakers, engine_stats))
+        self.registry.register(MetricsCollector(self, breakers, engine_stats, ledger_counts))
         ProcessCollector(registry=self.registry)
 
 
@@ -147,16 +148,19 @@ class MetricsCollector(Collector):
         metrics: Metrics,
         breakers: Mapping[str, CircuitBreaker],
         engine_stats: Callable[[], Mapping[str, Mapping[str, int]]],
+        ledger_counts: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.metrics = metrics
         self.breakers = breakers
         self.engine_stats = engine_stats
+        self.ledger_counts = ledger_counts
 
     def collect(self) -> Iterable[Metric]:
         yield from self._requests()
         yield self._first_tokens()
         yield self._tokens()
         yield self._attempts()
+        yield self._ledger()
         yield from self._state()
 
     def _requests(self) -> Iterable[Metric]:
@@ -209,6 +213,16 @@ class MetricsCollector(Collector):
         )
         for (channel, outcome), count in list(self.metrics.attempts.items()):
             family.add_metric([channel, outcome], count)
+        return family
+
+    def _ledger(self) -> Metric:
+        family = CounterMetricFamily(
+            "llmrelay_ledger",
+            "Ledger writes: rows committed, transactions that committed them, rows that failed.",
+            labels=["what"],
+        )
+        for what, count in self.ledger_counts().items():
+            family.add_metric([what], count)
         return family
 
     def _state(self) -> Iterable[Metric]:

@@ -26,15 +26,36 @@ the limit is enforced exactly (to the request), as OpenAI's own limits behave. A
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmrelay.accounting.money import Money
 from llmrelay.errors import InsufficientQuota, RateLimited
+
+
+class _Ids:
+    """Reservation ids: a random tag per process and a counter (no system call per id, as
+    uuid4 makes), so reservations of processes sharing a Redis never share an id."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tag = os.urandom(8).hex()
+        self.count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.tag}{next(self.count):x}"
+
+
+_reservation_id = _Ids()
+os.register_at_fork(after_in_child=_reservation_id.reset)
+
 
 WINDOW_MS = 60_000  # a bucket holds one minute's allowance
 RESERVATION_TTL = 1800.0  # seconds an unsettled reservation lasts
@@ -49,7 +70,7 @@ class Reservation:
     key_id: int
     user_id: int
     amount: Money
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=_reservation_id)
     settled: bool = False
 
     @property
@@ -112,6 +133,25 @@ class Limiter(Protocol):
         :class:`~llmrelay.errors.RateLimited` with ``Retry-After`` and the headers."""
         ...
 
+    async def admit(
+        self,
+        key_id: int,
+        user_id: int,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> tuple[RateStatus, Reservation | None]:
+        """:meth:`check_rate`, then (when ``amount`` is not None) :meth:`reserve`, in one step
+        (one round trip where the backend has round trips). A request refused by its rate
+        limits reserves nothing; one refused for money still counts against its rate limits."""
+        ...
+
     async def add_tokens(self, key_id: int, delta: int) -> None:
         """Correct the token estimate of a request by ``delta`` (actual − estimate)."""
         ...
@@ -121,6 +161,13 @@ class Limiter(Protocol):
     ) -> None:
         """:meth:`settle` (when there is a reservation) and :meth:`add_tokens` (when
         ``token_delta`` is not 0), in one round trip where the backend has round trips."""
+        ...
+
+    def finish_soon(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        """:meth:`finish` without waiting for it (settling late is safe: the reservation holds
+        the worst case until then); survives the caller's cancellation, never raises."""
         ...
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
@@ -272,12 +319,13 @@ class MemoryLimiter:
         account.touched_ms = now
         return account
 
-    async def reserve(
+    # The async methods of the protocol run these synchronously: nothing here ever waits.
+
+    def _reserve(
         self,
         key_id: int,
         user_id: int,
         amount: Money,
-        *,
         key_credit: Money | None,
         key_spent: Money,
         user_balance: Money | None,
@@ -300,7 +348,7 @@ class MemoryLimiter:
             account.next_lapse_ms = min(account.next_lapse_ms, deadline)
         return reservation
 
-    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+    def _settle(self, reservation: Reservation, actual_cost: Money) -> None:
         check_money(actual_cost, "actual_cost")
         if reservation.settled:
             return
@@ -323,9 +371,12 @@ class MemoryLimiter:
         bucket.at_ms, bucket.limit = now, limit
         return bucket
 
-    async def check_rate(
-        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
-    ) -> RateStatus:
+    def _check_rate(self, key_id: int, rpm: int | None, tpm: int | None, tokens: int) -> RateStatus:
+        if rpm is None and tpm is None:
+            if self._buckets:
+                self._buckets.pop((key_id, "req"), None)
+                self._buckets.pop((key_id, "tok"), None)
+            return _NO_LIMITS
         tokens = max(0, tokens)
         error = refused_outright(rpm, tpm, tokens)
         if error is not None:
@@ -333,21 +384,25 @@ class MemoryLimiter:
         now = self._now()
         requests = self._bucket(key_id, "req", rpm, now)
         token_bucket = self._bucket(key_id, "tok", tpm, now)
-        needs = (
-            ("requests", requests, WINDOW_MS),
-            ("tokens", token_bucket, tokens * WINDOW_MS),
+        request_wait = (
+            wait_ms(requests.level, WINDOW_MS, requests.limit) if requests is not None else 0
         )
-        waits = {kind: wait_ms(b.level, need, b.limit) for kind, b, need in needs if b is not None}
-        short = [kind for kind, wait in waits.items() if wait > 0]
-        if short:
+        token_wait = (
+            wait_ms(token_bucket.level, tokens * WINDOW_MS, token_bucket.limit)
+            if token_bucket is not None
+            else 0
+        )
+        if request_wait or token_wait:
+            short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
             status = _status(rpm, requests, tpm, token_bucket)
-            raise rate_error(status, max(waits.values()), short)
-        for _, bucket, need in needs:
-            if bucket is not None:
-                bucket.level -= need
+            raise rate_error(status, max(request_wait, token_wait), short)
+        if requests is not None:
+            requests.level -= WINDOW_MS
+        if token_bucket is not None:
+            token_bucket.level -= tokens * WINDOW_MS
         return _status(rpm, requests, tpm, token_bucket)
 
-    async def add_tokens(self, key_id: int, delta: int) -> None:
+    def _add_tokens(self, key_id: int, delta: int) -> None:
         bucket = self._buckets.get((key_id, "tok"))
         if bucket is None or delta == 0:
             return
@@ -356,12 +411,65 @@ class MemoryLimiter:
         level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
         bucket.level, bucket.at_ms = max(-cap, min(cap, level)), now
 
+    async def reserve(
+        self,
+        key_id: int,
+        user_id: int,
+        amount: Money,
+        *,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> Reservation:
+        return self._reserve(
+            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent
+        )
+
+    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+        self._settle(reservation, actual_cost)
+
+    async def check_rate(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
+    ) -> RateStatus:
+        return self._check_rate(key_id, rpm, tpm, tokens)
+
+    async def admit(
+        self,
+        key_id: int,
+        user_id: int,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> tuple[RateStatus, Reservation | None]:
+        status = self._check_rate(key_id, rpm, tpm, tokens)
+        if amount is None:
+            return status, None
+        reservation = self._reserve(
+            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent
+        )
+        return status, reservation
+
+    async def add_tokens(self, key_id: int, delta: int) -> None:
+        self._add_tokens(key_id, delta)
+
     async def finish(
         self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
     ) -> None:
+        self.finish_soon(reservation, actual_cost, key_id, token_delta)
+
+    def finish_soon(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
         if reservation is not None:
-            await self.settle(reservation, actual_cost)
-        await self.add_tokens(key_id, token_delta)
+            self._settle(reservation, actual_cost)
+        self._add_tokens(key_id, token_delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Re-learn spend from the next snapshot; outstanding reservations stay held."""
@@ -374,6 +482,9 @@ class MemoryLimiter:
         self._keys.clear()
         self._users.clear()
         self._buckets.clear()
+
+
+_NO_LIMITS = RateStatus()
 
 
 def _status(

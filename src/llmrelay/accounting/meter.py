@@ -77,7 +77,6 @@ class Accounts:
     estimate: Callable[[str], int]  # tokens of a text (the bundled tokenizer)
     default_reserve_tokens: int = 4096  # output reserved when a request sets no max_tokens
     enabled: bool = True  # off: requests are neither limited nor recorded
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def admit(self, key: KeyRecord, request: ChatRequest, request_id: str) -> Meter:
         if not self.enabled:
@@ -89,23 +88,22 @@ class Accounts:
         prompt = prompt_bound(request)
         output = (request.max_tokens or self.default_reserve_tokens) * request.n
         meter.tokens = prompt + output
-        meter.rate = await self.limiter.check_rate(key.id, key.rpm, key.tpm, meter.tokens)
-        amount = worst_case(price, prompt_tokens=prompt, max_tokens=output)
+        amount = None
         if key.credit_pusd is not None or key.user_balance_pusd is not None:
-            meter.reservation = await self.limiter.reserve(
-                key.id,
-                key.user_id,
-                amount,
-                key_credit=key.credit_pusd,
-                key_spent=key.spent_pusd,
-                user_balance=key.user_balance_pusd,
-                user_spent=key.user_spent_pusd,
-            )
+            amount = worst_case(price, prompt_tokens=prompt, max_tokens=output)
+        meter.rate, meter.reservation = await self.limiter.admit(
+            key.id,
+            key.user_id,
+            rpm=key.rpm,
+            tpm=key.tpm,
+            tokens=meter.tokens,
+            amount=amount,
+            key_credit=key.credit_pusd,
+            key_spent=key.spent_pusd,
+            user_balance=key.user_balance_pusd,
+            user_spent=key.user_spent_pusd,
+        )
         return meter
-
-    def keep(self, task: asyncio.Task[None]) -> None:
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 @dataclass(slots=True)
@@ -163,11 +161,15 @@ class Meter:
         )
         return row, cost
 
-    async def _settle(self, usage: Usage | None, cost: Money) -> None:
+    def _settle(self, usage: Usage | None, cost: Money) -> None:
+        if self.reservation is None and self.rate is None:
+            return
         delta = 0
         if self.rate is not None and self.key.tpm is not None:
             delta = (usage.total_tokens if usage is not None else 0) - self.tokens
-        await self.accounts.limiter.finish(self.reservation, cost, self.key.id, delta)
+        # Settling late is safe (the reservation holds the worst case until then), so the
+        # response does not wait for it.
+        self.accounts.limiter.finish_soon(self.reservation, cost, self.key.id, delta)
 
     async def close(
         self, usage: Usage | None, *, status: int = 200, error: str | None = None
@@ -177,7 +179,7 @@ class Meter:
             return
         self.closed = True
         row, cost = self._row(usage, status, error)
-        self._settle_soon(usage, cost)
+        self._settle(usage, cost)
         await self.accounts.ledger.record(row)
 
     def close_later(self, usage: Usage | None, *, status: int, error: str | None) -> None:
@@ -188,15 +190,7 @@ class Meter:
         self.closed = True
         row, cost = self._row(usage, status, error)
         self.accounts.ledger.submit(row)
-        self._settle_soon(usage, cost)
-
-    def _settle_soon(self, usage: Usage | None, cost: Money) -> None:
-        # Settling late is safe (the reservation holds the worst case until then), so the
-        # response does not wait for it; a task of its own also survives the caller's
-        # cancellation.
-        if self.reservation is not None or self.rate is not None:
-            task = asyncio.get_running_loop().create_task(self._settle(usage, cost))
-            self.accounts.keep(task)
+        self._settle(usage, cost)
 
     def failed(self, error: LLMRelayError) -> None:
         """Nothing was generated for the client: nothing is charged, the row says why."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -60,14 +61,17 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    def sqlite_writer(self) -> Engine | None:
-        """For SQLite, a synchronous engine on the same file: a whole transaction then runs on
-        one worker thread in one hop, where aiosqlite hops to its thread once per statement."""
+    def sqlite_writer(self) -> sqlite3.Connection | None:
+        """For SQLite, a plain sqlite3 connection to the same file for one writer thread at a
+        time (autocommit mode: the caller says BEGIN and COMMIT). A whole transaction then
+        runs on a worker thread in one hop, where aiosqlite hops to its thread once per
+        statement, and without SQLAlchemy's work per statement."""
         if not self.url.startswith("sqlite"):
             return None
-        engine = create_engine(sync_url(self.url))
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
+        path = make_url(self.url).database or ":memory:"
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        _sqlite_pragmas(connection, None)
+        return connection
 
     async def close(self) -> None:
         await self.engine.dispose()
