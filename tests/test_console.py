@@ -166,22 +166,35 @@ def test_user_sees_only_own_keys(page: playwright_api.Page, srv: Server) -> None
     assert page.goto("/console/keys").url.endswith("/console/login")  # type: ignore[union-attr]
 
 
-@pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
-def test_screenshots(browser: playwright_api.Browser, srv: Server) -> None:
+def screenshot_pages(
+    browser: playwright_api.Browser, srv: Server, *, desktop_height: int = 800
+) -> Iterator[tuple[playwright_api.Page, str]]:
+    """A fresh page at each size (desktop, phone) and colour scheme, with its file-name suffix
+    (``desktop-light`` …); the clipboard works, as for a person clicking a copy button."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for label, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
+    for label, size in (("desktop", (1280, desktop_height)), ("phone", (390, 844))):
         for scheme in ("light", "dark"):
             context = browser.new_context(
                 base_url=srv.url,
                 viewport={"width": size[0], "height": size[1]},
                 color_scheme=scheme,  # type: ignore[arg-type]
             )
-            page = context.new_page()
-            page.goto("/console/login")
-            page.screenshot(path=str(SHOTS / f"login-{label}-{scheme}.png"))
-            sign_in(page, srv.admin_key)
-            page.screenshot(path=str(SHOTS / f"keys-{label}-{scheme}.png"), full_page=True)
-            context.close()
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=srv.url)
+            try:
+                yield context.new_page(), f"{label}-{scheme}"
+            finally:
+                context.close()
+
+
+def shoot(page: playwright_api.Page, name: str, suffix: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}-{suffix}.png"), full_page=True)
+
+
+@pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
+def test_screenshots(browser: playwright_api.Browser, srv: Server) -> None:
+    for page, suffix in screenshot_pages(browser, srv):
+        sign_in(page, srv.admin_key)
+        shoot(page, "keys", suffix)
 
 
 def tab_to(page: playwright_api.Page, selector: str) -> None:

@@ -25,6 +25,8 @@ from tests.test_console import (  # noqa: F401 (fixtures)
     page,
     playwright_api,
     pytestmark,
+    screenshot_pages,
+    shoot,
     sign_in,
     srv,
 )
@@ -291,28 +293,19 @@ def test_keys_csrf_and_settings_are_checked(srv: Server) -> None:
 
 @pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
 def test_screenshots(browser: playwright_api.Browser, srv: Server) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for label, size in (("desktop", (1280, 900)), ("phone", (390, 844))):
-        for scheme in ("light", "dark"):
-            context = browser.new_context(
-                base_url=srv.url,
-                viewport={"width": size[0], "height": size[1]},
-                color_scheme=scheme,  # type: ignore[arg-type]
-            )
-            page = context.new_page()
-            sign_in(page, srv.admin_key)
-            open_playground(page, "admin", SECOND_MODEL, max_tokens=30)
-            message = page.get_by_label("Message")
-            for question, thought, reply in FEW_SHOT:
-                page.get_by_label("Role").select_option("user")
-                message.fill(question)
-                page.get_by_role("button", name="Add").click()
-                page.get_by_label("Role").select_option("assistant")
-                message.fill(f"<think>{thought}</think>\n{reply}")
-                page.get_by_role("button", name="Add").click()
-            page.get_by_label("Role").select_option("user")
-            message.fill("Name an animal.")
-            message.press("Enter")
-            finished(page)
-            page.screenshot(path=str(SHOTS / f"playground-{label}-{scheme}.png"), full_page=True)
-            context.close()
+    for tab, suffix in screenshot_pages(browser, srv, desktop_height=900):
+        sign_in(tab, srv.admin_key)
+        open_playground(tab, "admin", SECOND_MODEL, max_tokens=30)
+        message = tab.get_by_label("Message")
+        for question, thought, reply in FEW_SHOT:
+            tab.get_by_label("Role").select_option("user")
+            message.fill(question)
+            tab.get_by_role("button", name="Add").click()
+            tab.get_by_label("Role").select_option("assistant")
+            message.fill(f"<think>{thought}</think>\n{reply}")
+            tab.get_by_role("button", name="Add").click()
+        tab.get_by_label("Role").select_option("user")
+        message.fill("Name an animal.")
+        message.press("Enter")
+        finished(tab)
+        shoot(tab, "playground", suffix)

@@ -35,6 +35,8 @@ from tests.test_console import (  # noqa: F401  (fixtures)
     http_session,
     page,
     playwright_api,
+    screenshot_pages,
+    shoot,
     sign_in,
     srv,
 )
@@ -333,20 +335,11 @@ def test_charts_follow_dark_mode(
 
 @pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
 def test_screenshots(browser: playwright_api.Browser, srv: Server, carol: Account) -> None:  # noqa: F811
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for label, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
-        for scheme in ("light", "dark"):
-            context = browser.new_context(
-                base_url=srv.url,
-                viewport={"width": size[0], "height": size[1]},
-                color_scheme=scheme,  # type: ignore[arg-type]
-            )
-            tab = context.new_page()
-            sign_in(tab, carol.secret)
-            tab.goto("/console/usage?days=7")
-            tab.locator("#chart-cost canvas").first.wait_for()
-            tab.screenshot(path=str(SHOTS / f"usage-{label}-{scheme}.png"), full_page=True)
-            context.close()
+    for tab, suffix in screenshot_pages(browser, srv):
+        sign_in(tab, carol.secret)
+        tab.goto("/console/usage?days=7")
+        tab.locator("#chart-cost canvas").first.wait_for()
+        shoot(tab, "usage", suffix)
 
 
 # -- the store: per (day, model) sums and the ledger listing --------------------------------

@@ -23,6 +23,8 @@ from tests.test_console import (  # noqa: F401  (fixtures)
     http_session,
     page,
     playwright_api,
+    screenshot_pages,
+    shoot,
     sign_in,
     srv,
 )
@@ -469,26 +471,16 @@ def test_unknown_console_paths_get_an_html_404(srv: Server, admin: httpx.Client)
 
 @pytest.mark.skipif(not os.environ.get("LLMRELAY_SCREENSHOTS"), reason="scripts/screenshots")
 def test_screenshots(browser: playwright_api.Browser, srv: Server, admin: httpx.Client) -> None:  # noqa: F811
-    SHOTS.mkdir(parents=True, exist_ok=True)
     new_user(admin, "xena", "xena-password-1", balance="25")
     srv.create_key("xena-laptop", "--user", "xena")
-    for label, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
-        for scheme in ("light", "dark"):
-            context = browser.new_context(
-                base_url=srv.url,
-                viewport={"width": size[0], "height": size[1]},
-                color_scheme=scheme,  # type: ignore[arg-type]
-            )
-            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=srv.url)
-            shot = context.new_page()
-            shot.goto("/console/login")
-            shot.screenshot(path=str(SHOTS / f"login-{label}-{scheme}.png"))
-            sign_in(shot, srv.admin_key)
-            shot.goto(USERS)
-            shot.screenshot(path=str(SHOTS / f"users-{label}-{scheme}.png"), full_page=True)
-            shot.goto(f"{USERS}/xena")
-            shot.get_by_role("button", name="Create a sign-in link").click()
-            shot.screenshot(path=str(SHOTS / f"user-{label}-{scheme}.png"), full_page=True)
-            shot.goto("/console/account")
-            shot.screenshot(path=str(SHOTS / f"account-{label}-{scheme}.png"), full_page=True)
-            context.close()
+    for shot, suffix in screenshot_pages(browser, srv):
+        shot.goto("/console/login")
+        shot.screenshot(path=str(SHOTS / f"login-{suffix}.png"))  # the first screen, no scroll
+        sign_in(shot, srv.admin_key)
+        shot.goto(USERS)
+        shoot(shot, "users", suffix)
+        shot.goto(f"{USERS}/xena")
+        shot.get_by_role("button", name="Create a sign-in link").click()
+        shoot(shot, "user", suffix)
+        shot.goto("/console/account")
+        shoot(shot, "account", suffix)
