@@ -248,8 +248,9 @@ class LedgerWriter:
     async def record(self, row: LedgerRow) -> None:
         """Write ``row``; return once it is committed, or raise why it could not be.
 
-        Cancelling the caller does not cancel the write."""
-        await asyncio.shield(self.submit(row))
+        Cancelling the caller does not cancel the write: the writer holds the row, and a
+        cancelled future only means nobody waits for its outcome (no shield needed)."""
+        await self.submit(row)
 
     # -- the writer task ----------------------------------------------------------------------
 
