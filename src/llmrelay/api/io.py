@@ -15,7 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llmrelay import jsonio
 from llmrelay.dialects.render import DONE, sse_error
 from llmrelay.errors import LLMRelayError, PayloadTooLarge, internal_error
-from llmrelay.stream import Chunk, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from llmrelay.stream import Chunk, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,7 +162,6 @@ class SSEResponse(Response):
         ended = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await send(_more(self.renderer.start()))
             tail = await self._relay(send)
             ended = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -181,10 +180,15 @@ class SSEResponse(Response):
                 await aclose()
 
     async def _relay(self, send: Send) -> bytes:
-        """Send every chunk; what ends the stream: ``[DONE]`` or an error event."""
+        """Send every chunk; returns what ends the stream: ``[DONE]`` or an error event.
+
+        Each ASGI send costs a few microseconds, so events that carry nothing to read yet ride
+        with the next one: the role event with the first chunk (which is already here), and a
+        choice's finish and the usage with whatever follows (for one choice: ``[DONE]``)."""
         render = self.renderer.render
         generated = self.generated if self.meter is not None else None
         error: LLMRelayError | None = None
+        held = self.renderer.start()
         try:
             async for chunk in self.chunks:
                 if generated is not None:
@@ -193,8 +197,11 @@ class SSEResponse(Response):
                     elif isinstance(chunk, ToolCallDelta):
                         generated.append(chunk.arguments)
                 data = render(chunk)
-                if data:
-                    await send(_more(data))
+                if isinstance(chunk, Finish | Usage):
+                    held += data
+                elif data:
+                    await send(_more(held + data if held else data))
+                    held = b""
         except LLMRelayError as exc:
             error = exc
         except Exception:
@@ -205,7 +212,7 @@ class SSEResponse(Response):
                 await self.meter.finished(self.renderer.usage, self.generated, error)
             except LLMRelayError as exc:
                 error = error or exc
-        return DONE if error is None else sse_error(error)
+        return held + (DONE if error is None else sse_error(error))
 
 
 def _more(data: bytes) -> Message:
