@@ -78,12 +78,13 @@ class OpenAIProvider(ChannelProvider):
         try:
             decoder = _Decoder(request, self.estimate)
             done = False
-            async for payload in self.http.payloads(response):
-                if payload is None:
-                    done = True
-                    break
-                for chunk in decoder.feed(payload):
-                    yield chunk
+            async for batch in self.http.batches(response):
+                for payload in batch:
+                    if payload is None:
+                        done = True  # [DONE] is the last of its batch and of the stream
+                        break
+                    for chunk in decoder.feed(payload):
+                        yield chunk
             if not done and len(decoder.finished) < request.n:
                 # A connection that closes without [DONE] or a finish_reason was cut.
                 raise self.http.broken("the stream ended before it was complete")

@@ -54,11 +54,13 @@ class ChannelTransport:
                 response.release()
         return response
 
-    async def payloads(self, response: Response) -> AsyncIterator[dict[str, Any] | None]:
-        """Decoded ``data:`` events, then None for ``[DONE]``; a JSON answer is one event.
+    async def batches(self, response: Response) -> AsyncIterator[list[dict[str, Any] | None]]:
+        """The decoded ``data:`` events of each network read, None for ``[DONE]`` (always the
+        last); a JSON answer is one event.
 
-        Reads whatever bytes have arrived and splits them into lines itself: one await (and
-        one timeout) per network read rather than per line.
+        One await (and one timeout) per network read rather than per line, and the caller's
+        loop resumes this generator once per read rather than once per event. A malformed or
+        error event ends the stream with its error after the events before it.
         """
         if response.content_type == "application/json":  # an upstream that ignored stream
             try:
@@ -69,7 +71,7 @@ class ChannelTransport:
                 raise self.broken(f"the answer was cut ({exc})") from None
             payload = self._event(body.strip())
             if payload is not None:
-                yield payload
+                yield [payload]
             return
         buffer = b""
         first = True
@@ -83,23 +85,49 @@ class ChannelTransport:
             except HTTPFailure as exc:
                 raise self.broken(f"the connection failed mid-stream ({exc})") from None
             if not data:
-                if buffer.strip():
-                    payload = self._event(buffer.strip())
-                    if payload is not None:
-                        yield payload
+                payload = self._event(buffer.strip()) if buffer.strip() else None
+                if payload is not None:
+                    yield [payload]
                 return
             first = False
             buffer += data
             *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.strip()
-                if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
-                    continue
+            found, error, done = self._lines(lines)
+            if done:
+                if len(found) > 1:
+                    yield found[:-1]
+                # Read what follows [DONE] before the caller may stop at it, so the
+                # connection goes back to the pool.
+                await _drain(response)
+                yield [None]
+                return
+            if found:
+                yield found
+            if error is not None:
+                raise error
+
+    def _lines(
+        self, lines: list[bytes]
+    ) -> tuple[list[dict[str, Any] | None], LLMRelayError | None, bool]:
+        """The events of whole lines, the error that stopped them, and whether [DONE] came."""
+        found: list[dict[str, Any] | None] = []
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
+                continue
+            try:
                 payload = self._event(line)
-                if payload is None:
-                    await _drain(response)
-                    yield None
-                    return
+            except LLMRelayError as exc:
+                return found, exc, False
+            found.append(payload)
+            if payload is None:
+                return found, None, True
+        return found, None, False
+
+    async def payloads(self, response: Response) -> AsyncIterator[dict[str, Any] | None]:
+        """:meth:`batches`, one event at a time."""
+        async for batch in self.batches(response):
+            for payload in batch:
                 yield payload
 
     def _event(self, line: bytes) -> dict[str, Any] | None:
