@@ -24,6 +24,8 @@ from llmrelay.providers.base import Capabilities, ModelInfo
 from llmrelay.providers.http import ConnectFailed, HTTPFailure, HTTPPool, Response
 from llmrelay.settings import ChannelConfig
 
+BATCH_LINES = 16  # SSE lines parsed ahead of the first event handed over
+
 
 class ChannelTransport:
     def __init__(self, config: ChannelConfig, pool: HTTPPool) -> None:
@@ -92,19 +94,22 @@ class ChannelTransport:
             first = False
             buffer += data
             *lines, buffer = buffer.split(b"\n")
-            found, error, done = self._lines(lines)
-            if done:
-                if len(found) > 1:
-                    yield found[:-1]
-                # Read what follows [DONE] before the caller may stop at it, so the
-                # connection goes back to the pool.
-                await _drain(response)
-                yield [None]
-                return
-            if found:
-                yield found
-            if error is not None:
-                raise error
+            # A fast upstream's read may hold hundreds of events: hand them over in slices, so
+            # the first is relayed before the last is parsed.
+            for start in range(0, len(lines), BATCH_LINES):
+                found, error, done = self._lines(lines[start : start + BATCH_LINES])
+                if done:
+                    if len(found) > 1:
+                        yield found[:-1]
+                    # Read what follows [DONE] before the caller may stop at it, so the
+                    # connection goes back to the pool.
+                    await _drain(response)
+                    yield [None]
+                    return
+                if found:
+                    yield found
+                if error is not None:
+                    raise error
 
     def _lines(
         self, lines: list[bytes]
