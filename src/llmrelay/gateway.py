@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from llmrelay import reasoning
@@ -78,7 +79,7 @@ class Gateway:
             return route, result
         raise all_failed(request.model, failures)
 
-    async def open(self, request: ChatRequest) -> tuple[ModelInfo, AsyncIterator[Chunk]]:
+    async def open(self, request: ChatRequest) -> tuple[ModelInfo, OpenStream]:
         """Start a stream on the first route that produces a first chunk."""
 
         async def start(route: Route) -> tuple[Chunk | None, AsyncIterator[Chunk]]:
@@ -92,7 +93,7 @@ class Gateway:
                 raise
 
         route, (first, rest) = await self._first_success(request, start)
-        return route.info, self._finish(request, route, first, rest)
+        return route.info, OpenStream(route, first, rest, _reasoning(request, route.info))
 
     async def complete(self, request: ChatRequest) -> tuple[ModelInfo, Completion]:
         """The whole answer; nothing has reached the client, so any route may take over."""
@@ -116,23 +117,40 @@ class Gateway:
             route.breaker.failure(error.retry_after)
         failures.append((route, error))
 
-    async def _finish(
-        self, request: ChatRequest, route: Route, first: Chunk | None, rest: AsyncIterator[Chunk]
-    ) -> AsyncIterator[Chunk]:
-        transform = _reasoning(request, route.info)
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream whose route produced its first chunk: that chunk, the provider's chunks still
+    to come, and the reasoning transform each one goes through. Iterating it applies the
+    transform; the SSE response applies it inline instead (one async-generator layer less per
+    chunk) and reports a mid-stream failure with :meth:`failed`."""
+
+    route: Route
+    first: Chunk | None
+    rest: AsyncIterator[Chunk]
+    transform: reasoning.Transform
+
+    def failed(self, error: LLMRelayError) -> None:
+        """The stream broke after it started: a retryable failure counts against the route."""
+        if error.retryable and self.route.breaker is not None:
+            self.route.breaker.failure(error.retry_after)
+
+    async def aclose(self) -> None:
+        await _close(self.rest)
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
         try:
-            if first is not None:
-                for chunk in transform(first):
+            if self.first is not None:
+                for chunk in self.transform(self.first):
                     yield chunk
-            async for raw in rest:
-                for chunk in transform(raw):
+            async for raw in self.rest:
+                for chunk in self.transform(raw):
                     yield chunk
         except LLMRelayError as exc:
-            if exc.retryable and route.breaker is not None:
-                route.breaker.failure(exc.retry_after)
+            self.failed(exc)
             raise
         finally:
-            await _close(rest)
+            await self.aclose()
 
 
 def _reasoning(request: ChatRequest, info: ModelInfo) -> reasoning.Transform:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llmrelay import jsonio
 from llmrelay.dialects.render import DONE, sse_error
 from llmrelay.errors import LLMRelayError, PayloadTooLarge, internal_error
+from llmrelay.gateway import OpenStream
 from llmrelay.stream import Chunk, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class SSEResponse(Response):
     def __init__(
         self,
         renderer: ChunkRenderer,
-        chunks: AsyncIterator[Chunk],
+        chunks: OpenStream,
         meter: StreamMeter | None = None,
     ) -> None:
         # No Response.__init__: it would declare Content-Length for the empty initial body.
@@ -175,9 +176,7 @@ class SSEResponse(Response):
             watch.close()
             if not ended and self.meter is not None:
                 self.meter.abandoned(self.renderer.usage, self.generated)
-            aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self.chunks.aclose()
 
     async def _relay(self, send: Send) -> bytes:
         """Send every chunk; returns what ends the stream: ``[DONE]`` or an error event.
@@ -187,22 +186,31 @@ class SSEResponse(Response):
         choice's finish and the usage with whatever follows (for one choice: ``[DONE]``)."""
         render = self.renderer.render
         generated = self.generated if self.meter is not None else None
+        stream = self.chunks
+        transform, more = stream.transform, stream.rest.__anext__
         error: LLMRelayError | None = None
         held = self.renderer.start()
+        raw = stream.first
         try:
-            async for chunk in self.chunks:
-                if generated is not None:
-                    if isinstance(chunk, TextDelta | ReasoningDelta):
-                        generated.append(chunk.text)
-                    elif isinstance(chunk, ToolCallDelta):
-                        generated.append(chunk.arguments)
-                data = render(chunk)
-                if isinstance(chunk, Finish | Usage):
-                    held += data
-                elif data:
-                    await send(_more(held + data if held else data))
-                    held = b""
+            while raw is not None:  # None: the route produced no chunk at all
+                for chunk in transform(raw):
+                    if generated is not None:
+                        if isinstance(chunk, TextDelta | ReasoningDelta):
+                            generated.append(chunk.text)
+                        elif isinstance(chunk, ToolCallDelta):
+                            generated.append(chunk.arguments)
+                    data = render(chunk)
+                    if isinstance(chunk, Finish | Usage):
+                        held += data
+                    elif data:
+                        await send(_more(held + data if held else data))
+                        held = b""
+                try:
+                    raw = await more()
+                except StopAsyncIteration:
+                    break
         except LLMRelayError as exc:
+            stream.failed(exc)
             error = exc
         except Exception:
             log.exception("stream failed after it started")

@@ -9,7 +9,6 @@ was generated.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
@@ -17,16 +16,17 @@ from llmrelay.accounting.meter import Meter
 from llmrelay.api.context import AppContext
 from llmrelay.api.io import ClientGone, until_disconnect
 from llmrelay.errors import LLMRelayError
+from llmrelay.gateway import OpenStream
 from llmrelay.providers.base import ModelInfo
 from llmrelay.request import ChatRequest
-from llmrelay.stream import Chunk, Completion
+from llmrelay.stream import Completion
 
 GONE = "client_disconnected"
 
 
 async def open_stream(
     ctx: AppContext, req: ChatRequest, meter: Meter
-) -> tuple[ModelInfo, AsyncIterator[Chunk]]:
+) -> tuple[ModelInfo, OpenStream]:
     """The gateway's stream, once it has a first chunk."""
     try:
         info, chunks = await ctx.gateway.open(req)
