@@ -121,9 +121,9 @@ class Gateway:
 @dataclass(slots=True)
 class OpenStream:
     """A stream whose route produced its first chunk: that chunk, the provider's chunks still
-    to come, and the reasoning transform each one goes through. Iterating it applies the
-    transform; the SSE response applies it inline instead (one async-generator layer less per
-    chunk) and reports a mid-stream failure with :meth:`failed`."""
+    to come, and the reasoning transform each one goes through. The SSE response applies the
+    transform inline (no async-generator layer of its own per chunk), reports a mid-stream
+    failure with :meth:`failed` and closes the stream with :meth:`aclose`."""
 
     route: Route
     first: Chunk | None
@@ -137,20 +137,6 @@ class OpenStream:
 
     async def aclose(self) -> None:
         await _close(self.rest)
-
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        try:
-            if self.first is not None:
-                for chunk in self.transform(self.first):
-                    yield chunk
-            async for raw in self.rest:
-                for chunk in self.transform(raw):
-                    yield chunk
-        except LLMRelayError as exc:
-            self.failed(exc)
-            raise
-        finally:
-            await self.aclose()
 
 
 def _reasoning(request: ChatRequest, info: ModelInfo) -> reasoning.Transform:

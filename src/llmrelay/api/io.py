@@ -140,7 +140,7 @@ class SSEResponse(Response):
     def __init__(
         self,
         renderer: ChunkRenderer,
-        chunks: OpenStream,
+        stream: OpenStream,
         meter: StreamMeter | None = None,
     ) -> None:
         # No Response.__init__: it would declare Content-Length for the empty initial body.
@@ -154,7 +154,7 @@ class SSEResponse(Response):
         if meter is not None:
             self.raw_headers += [(k.encode(), v.encode()) for k, v in meter.headers().items()]
         self.renderer = renderer
-        self.chunks = chunks
+        self.stream = stream
         self.meter = meter if meter is not None and not meter.closed else None
         self.generated: list[str] = []  # text relayed so far, for a stream cut short
 
@@ -176,7 +176,7 @@ class SSEResponse(Response):
             watch.close()
             if not ended and self.meter is not None:
                 self.meter.abandoned(self.renderer.usage, self.generated)
-            await self.chunks.aclose()
+            await self.stream.aclose()
 
     async def _relay(self, send: Send) -> bytes:
         """Send every chunk; returns what ends the stream: ``[DONE]`` or an error event.
@@ -186,7 +186,7 @@ class SSEResponse(Response):
         choice's finish and the usage with whatever follows (for one choice: ``[DONE]``)."""
         render = self.renderer.render
         generated = self.generated if self.meter is not None else None
-        stream = self.chunks
+        stream = self.stream
         transform, more = stream.transform, stream.rest.__anext__
         error: LLMRelayError | None = None
         held = self.renderer.start()
