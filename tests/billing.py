@@ -60,8 +60,21 @@ def database_url(server: Server) -> str:
     return sync_url(async_database_url(url)) if url else f"sqlite:///{server.data_dir}/llmrelay.db"
 
 
-def ledger(server: Server, key_name: str | None = None) -> list[dict[str, Any]]:
-    """The ledger rows (of one key), straight from the database."""
+def flush(*servers: Server) -> None:
+    """Have each server commit the ledger rows it has queued (a row is journaled when its
+    response is sent, and committed a few milliseconds later): an admin report does that."""
+    for server in servers:
+        headers = {"Authorization": f"Bearer {server.admin_key}"}
+        httpx.get(server.url + "/admin/usage", headers=headers, timeout=30).raise_for_status()
+
+
+def ledger(
+    server: Server, key_name: str | None = None, *, flushed: bool = False
+) -> list[dict[str, Any]]:
+    """The ledger rows (of one key), straight from the database, once the server committed
+    what it had queued (``flushed``: that is done already, or the server is not running)."""
+    if not flushed:
+        flush(server)
     engine = create_engine(database_url(server))
     query = "SELECT l.* FROM ledger l LEFT JOIN api_keys k ON k.id = l.key_id"
     params: dict[str, Any] = {}
@@ -77,6 +90,7 @@ def ledger(server: Server, key_name: str | None = None) -> list[dict[str, Any]]:
 
 def spent(server: Server, table: str, name: str) -> tuple[int | None, int]:
     """(credit or balance, spent) of a key (``api_keys``) or user (``users``)."""
+    flush(server)
     limit = "credit_pusd" if table == "api_keys" else "balance_pusd"
     engine = create_engine(database_url(server))
     try:

@@ -1,6 +1,7 @@
 """Records ledger rows until it is killed, printing each request id once ``record`` returned.
 
-Run by tests/test_accounting_ledger.py: ``python ledger_crash_child.py URL KEY_ID USER_ID COST``.
+Run by tests/test_accounting_ledger.py:
+``python ledger_crash_child.py URL JOURNAL_DIR KEY_ID USER_ID COST``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
 from llmrelay.store.db import Database
@@ -29,18 +31,20 @@ async def _worker(writer: LedgerWriter, n: int, key_id: int, user_id: int, cost:
             completion_tokens=5,
             cost_pusd=cost,
         )
-        await writer.record(row)
+        writer.record(row)
         os.write(1, f"{request_id}\n".encode())  # one write: a whole line or nothing
         i += 1
+        await asyncio.sleep(0)  # as a server would, between requests: the writer task runs
 
 
-async def main(url: str, key_id: int, user_id: int, cost: int) -> None:
+async def main(url: str, journal: Path, key_id: int, user_id: int, cost: int) -> None:
     db = Database(url)
-    async with LedgerWriter(db) as writer:
+    async with LedgerWriter(db, journal) as writer:
         os.write(1, b"ready\n")
         await asyncio.gather(*(_worker(writer, n, key_id, user_id, cost) for n in range(WORKERS)))
 
 
 if __name__ == "__main__":
-    url, key_id, user_id, cost = sys.argv[1], *map(int, sys.argv[2:5])
-    asyncio.run(main(url, key_id, user_id, cost))
+    url, journal = sys.argv[1], Path(sys.argv[2])
+    key_id, user_id, cost = map(int, sys.argv[3:6])
+    asyncio.run(main(url, journal, key_id, user_id, cost))

@@ -1,4 +1,4 @@
-"""The group-committing ledger writer on real SQLite and real PostgreSQL."""
+"""The journaling, batch-committing ledger writer on real SQLite and real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,19 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 
 from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
+from llmrelay.accounting.ledger_sql import SqliteSink
 from llmrelay.store.db import Database
 from llmrelay.store.keys import KeyStore
 from llmrelay.store.tables import ApiKey, Ledger, User
 from llmrelay.store.users import UserStore
 from tests.databases import BACKENDS, migrated_database, run_on
-
-# What a broken row raises: the drivers' own errors (sqlite3's; asyncpg's from COPY).
-INTEGRITY = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 T = TypeVar("T")
 USD = 10**12
@@ -39,6 +36,11 @@ CHILD = Path(__file__).with_name("ledger_crash_child.py")
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with migrated_database(request.param, tmp_path) as resolved:
         yield resolved
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    return tmp_path / "journal"
 
 
 run = run_on
@@ -80,8 +82,9 @@ async def _state(db: Database) -> dict[str, Any]:
 def _count_commits(db: Database, writer: LedgerWriter) -> list[int]:
     """COMMIT statements run on the SQLite connection the writer writes with."""
     commits: list[int] = []
-    if writer._sqlite is not None:
-        writer._sqlite.set_trace_callback(
+    sink = writer._sink
+    if isinstance(sink, SqliteSink):
+        sink.connection.set_trace_callback(
             lambda sql: commits.append(1) if sql.strip().upper() == "COMMIT" else None
         )
     return commits
@@ -97,13 +100,13 @@ async def _transactions(db: Database, commits: list[int]) -> int:
         return int(found.scalar_one())
 
 
-def test_rows_and_balances_are_committed(url: str) -> None:
+def test_rows_and_balances_are_committed(url: str, journal: Path) -> None:
     async def work(db: Database) -> dict[str, Any]:
         ids = await _accounts(db)
-        async with LedgerWriter(db) as writer:
-            await writer.record(_row("r1", ids, cost=5))
-            await writer.record(_row("r2", ids, cost=7))
-            await writer.record(_row("r3", ids, "bob", cost=11))
+        async with LedgerWriter(db, journal) as writer:
+            writer.record(_row("r1", ids, cost=5))
+            writer.record(_row("r2", ids, cost=7))
+            writer.record(_row("r3", ids, "bob", cost=11))
             failed = LedgerRow(
                 request_id="r4",
                 model="m",
@@ -120,7 +123,9 @@ def test_rows_and_balances_are_committed(url: str) -> None:
                 latency_ms=40,
                 ttft_ms=12,
             )
-            await writer.record(failed)
+            writer.record(failed)
+            assert await writer.flush()  # in the database now, before the writer stops
+            state = await _state(db)
         async with db.engine.connect() as conn:
             stored = (await conn.execute(select(Ledger).where(Ledger.request_id == "r4"))).one()
         assert (stored.status, stored.error_type, stored.channel, stored.key_id) == (
@@ -135,15 +140,16 @@ def test_rows_and_balances_are_committed(url: str) -> None:
             12,
             1,
         )
-        return await _state(db)
+        return state
 
     state = run(url, work)
     assert sorted(state["ids"]) == ["r1", "r2", "r3", "r4"]
     assert state["users"] == {"ann": (1000 * USD - 12, 12), "bob": (None, 11)}
     assert state["keys"] == {"k-ann": 12, "k-bob": 11}
+    assert list(journal.iterdir()) == []  # a clean stop leaves no journal behind
 
 
-def test_rows_set_their_keys_last_use(url: str) -> None:
+def test_rows_set_their_keys_last_use(url: str, journal: Path) -> None:
     """A key's last use is its newest request's time, free requests included; a key that made
     no request keeps none."""
     early = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -151,12 +157,9 @@ def test_rows_set_their_keys_last_use(url: str) -> None:
 
     async def work(db: Database) -> dict[str, datetime | None]:
         ids = await _accounts(db)
-        async with LedgerWriter(db, max_delay=0.05) as writer:
-            rows = [_row("late", ids, cost=0), _row("early", ids, cost=3)]
-            await asyncio.gather(
-                writer.record(replace(rows[0], created_at=late)),
-                writer.record(replace(rows[1], created_at=early)),
-            )
+        async with LedgerWriter(db, journal, max_delay=0.05) as writer:
+            writer.record(replace(_row("late", ids, cost=0), created_at=late))
+            writer.record(replace(_row("early", ids, cost=3), created_at=early))
         keys = KeyStore(db)
         return {name: (await keys.get(name)).last_used_at for name in ("k-ann", "k-bob")}
 
@@ -168,75 +171,116 @@ def test_rows_set_their_keys_last_use(url: str) -> None:
     assert (found if found.tzinfo else found.replace(tzinfo=UTC)) == late
 
 
-def test_concurrent_rows_share_transactions(url: str) -> None:
+def test_rows_recorded_together_share_transactions(url: str, journal: Path) -> None:
     async def work(db: Database) -> tuple[int, LedgerWriter, dict[str, Any]]:
         ids = await _accounts(db)
-        writer = LedgerWriter(db, max_delay=0.005)
+        writer = LedgerWriter(db, journal, max_delay=0.005)
         async with writer:
             commits = _count_commits(db, writer)
-            rows = [_row(f"r{i}", ids, ("ann", "bob")[i % 2], cost=i) for i in range(400)]
-            await asyncio.gather(*(writer.record(row) for row in rows))
+            for i in range(400):
+                writer.record(_row(f"r{i}", ids, ("ann", "bob")[i % 2], cost=i))
+                if i % 50 == 0:
+                    await asyncio.sleep(0.001)
         return await _transactions(db, commits), writer, await _state(db)
 
     transactions, writer, state = run(url, work)
     assert len(state["ids"]) == 400 and writer.rows == 400
-    assert 2 <= writer.transactions == transactions <= 20  # at most 256 rows a batch
+    assert 2 <= writer.transactions == transactions <= 20
     ann = sum(range(0, 400, 2))
     assert state["users"]["ann"] == (1000 * USD - ann, ann)
     assert state["keys"] == {"k-ann": ann, "k-bob": sum(range(1, 400, 2))}
 
 
-def test_batches_keep_to_their_size_and_form_without_a_delay(url: str) -> None:
+def test_batches_keep_to_their_size_and_form_without_a_delay(url: str, journal: Path) -> None:
     async def work(db: Database) -> tuple[int, int]:
         ids = await _accounts(db)
-        async with LedgerWriter(db, max_batch=10, max_delay=0.5) as small:
-            await asyncio.gather(*(small.record(_row(f"a{i}", ids)) for i in range(100)))
-        async with LedgerWriter(db, max_delay=0) as eager:
-            await asyncio.gather(*(eager.record(_row(f"b{i}", ids)) for i in range(100)))
-            await eager.record(_row("alone", ids))
-        return small.transactions, eager.transactions
+        async with LedgerWriter(db, journal, max_batch=10, max_delay=0.5) as small:
+            for i in range(100):
+                small.record(_row(f"a{i}", ids))
+            assert await small.flush()
+            small_count = small.transactions
+        async with LedgerWriter(db, journal, max_delay=0) as eager:
+            for i in range(100):
+                eager.record(_row(f"b{i}", ids))
+            await asyncio.sleep(0.05)
+            eager.record(_row("alone", ids))
+            assert await eager.flush()
+        return small_count, eager.transactions
 
     small, eager = run(url, work)
     assert small == 10  # full batches go at once, without waiting out the 0.5 s
     assert eager <= 5
 
 
-def test_a_failing_row_fails_only_its_own_caller(url: str) -> None:
-    async def work(db: Database) -> tuple[list[Any], dict[str, Any]]:
+def test_a_row_the_database_refuses_is_dropped_alone(url: str, journal: Path) -> None:
+    async def work(db: Database) -> dict[str, Any]:
         ids = await _accounts(db)
         bad = LedgerRow(request_id="bad", model="m", status=200, key_id=999_999, cost_pusd=1)
-        async with LedgerWriter(db, max_delay=0.01) as writer:
+        async with LedgerWriter(db, journal, max_delay=0.01) as writer:
             rows = [_row(f"r{i}", ids) for i in range(10)]
             rows.insert(5, bad)
-            found = await asyncio.gather(
-                *(writer.record(row) for row in rows), return_exceptions=True
-            )
-        return found, await _state(db)
+            for row in rows:
+                writer.record(row)
+            assert await writer.flush()
+            assert writer.counts() == {
+                "rows": 10,
+                "transactions": 10,
+                "failed_rows": 1,
+                "queued_rows": 0,
+            }
+        return await _state(db)
 
-    found, state = run(url, work)
-    assert [isinstance(f, INTEGRITY) for f in found] == [False] * 5 + [True] + [False] * 5
+    state = run(url, work)
     assert sorted(state["ids"]) == sorted(f"r{i}" for i in range(10))
     assert state["users"]["ann"] == (1000 * USD - 50, 50)
 
 
-def test_stop_writes_what_is_queued_and_cancelled_callers_still_count(url: str) -> None:
+def test_stop_writes_what_is_queued(url: str, journal: Path) -> None:
     async def work(db: Database) -> dict[str, Any]:
         ids = await _accounts(db)
-        writer = LedgerWriter(db, max_delay=0.05)
+        writer = LedgerWriter(db, journal, max_delay=5)
         await writer.start()
         for i in range(5):
-            writer.submit(_row(f"queued{i}", ids))
-        caller = asyncio.create_task(writer.record(_row("cancelled", ids)))
-        await asyncio.sleep(0)
-        caller.cancel()
-        await writer.stop()
+            writer.record(_row(f"queued{i}", ids))
+        await writer.stop()  # does not wait out the 5 s
         with pytest.raises(RuntimeError):
-            await writer.record(_row("late", ids))
+            writer.record(_row("late", ids))
         return await _state(db)
 
     state = run(url, work)
-    assert sorted(state["ids"]) == ["cancelled"] + [f"queued{i}" for i in range(5)]
-    assert state["keys"]["k-ann"] == 30
+    assert sorted(state["ids"]) == [f"queued{i}" for i in range(5)]
+    assert state["keys"]["k-ann"] == 25
+
+
+def test_rows_wait_in_the_journal_while_the_database_is_locked(tmp_path: Path) -> None:
+    """SQLite held by another writer: the rows stay queued and journaled, nothing is lost, and
+    they are written once the database is free again."""
+    with migrated_database("sqlite", tmp_path) as url:
+
+        async def work(db: Database) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+            ids = await _accounts(db)
+            path = url.split(":///", 1)[1]
+            blocker = sqlite3.connect(path, isolation_level=None)
+            async with LedgerWriter(db, tmp_path / "journal", max_delay=0) as writer:
+                assert isinstance(writer._sink, SqliteSink)
+                writer._sink.connection.execute("PRAGMA busy_timeout=200")
+                blocker.execute("BEGIN EXCLUSIVE")
+                for i in range(20):
+                    writer.record(_row(f"r{i}", ids))
+                await asyncio.sleep(0.6)  # a few tries, each refused
+                while_locked = writer.counts()
+                journaled = sum(f.stat().st_size for f in (tmp_path / "journal").glob("*.seg"))
+                assert journaled > 20 * 50
+                blocker.execute("ROLLBACK")
+                assert await writer.flush()
+                after = writer.counts()
+            blocker.close()
+            return while_locked, after, await _state(db)
+
+        while_locked, after, state = run(url, work)
+    assert while_locked["queued_rows"] == 20 and while_locked["rows"] == 0
+    assert after == {"rows": 20, "transactions": 1, "failed_rows": 0, "queued_rows": 0}
+    assert state["users"]["ann"] == (1000 * USD - 100, 100)
 
 
 def _lines(stream: Any, into: queue.Queue[str | None]) -> None:
@@ -245,10 +289,10 @@ def _lines(stream: Any, into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
-def test_a_row_whose_record_returned_survives_kill_9(url: str) -> None:
-    ids = run(url, _accounts)
+def _kill_child_mid_load(url: str, journal: Path, ids: dict[str, int]) -> list[str]:
+    """Run the crash child until well into its load, kill -9 it; the ids it printed."""
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), url, str(ids["k-ann"]), str(ids["ann"]), "3"],
+        [sys.executable, str(CHILD), url, str(journal), str(ids["k-ann"]), str(ids["ann"]), "3"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -257,7 +301,7 @@ def test_a_row_whose_record_returned_survives_kill_9(url: str) -> None:
     printed: list[str] = []
     try:
         assert lines.get(timeout=60) == "ready"
-        while len(printed) < 1500:  # well into the load, at no particular point
+        while len(printed) < 3000:  # well into the load, at no particular point
             line = lines.get(timeout=60)
             assert line is not None, "the child stopped early"
             printed.append(line)
@@ -266,17 +310,58 @@ def test_a_row_whose_record_returned_survives_kill_9(url: str) -> None:
         child.wait(timeout=30)
     while (line := lines.get(timeout=30)) is not None:
         printed.append(line)  # printed before it died
+    return printed
 
-    async def stored(db: Database) -> tuple[set[str], dict[str, Any]]:
-        async with db.engine.connect() as conn:
-            found = (await conn.execute(select(Ledger.request_id))).scalars().all()
-            total = (await conn.execute(select(func.sum(Ledger.cost_pusd)))).scalar_one()
-        return set(found), {"total": total, **await _state(db)}
 
-    found, state = run(url, stored)
-    assert set(printed) <= found
-    assert len(found) >= len(printed)
+async def _stored(db: Database) -> tuple[list[str], dict[str, Any]]:
+    async with db.engine.connect() as conn:
+        found = (await conn.execute(select(Ledger.request_id))).scalars().all()
+        total = (await conn.execute(select(func.sum(Ledger.cost_pusd)))).scalar_one()
+    return list(found), {"total": total, **await _state(db)}
+
+
+def _check_after_crash(printed: list[str], found: list[str], state: dict[str, Any]) -> None:
+    assert len(found) == len(set(found)), "a row was written twice"
+    assert set(printed) <= set(found)
     # Each batch moved its rows' cost from the balance in the same transaction.
     assert state["total"] == 3 * len(found)
     assert state["users"]["ann"] == (1000 * USD - state["total"], state["total"])
     assert state["keys"]["k-ann"] == state["total"]
+
+
+def test_a_recorded_row_survives_kill_9_and_the_next_start_writes_it(
+    url: str, journal: Path
+) -> None:
+    ids = run(url, _accounts)
+    printed = _kill_child_mid_load(url, journal, ids)
+    found_before, _ = run(url, _stored)
+    assert len(found_before) < len(printed), "the kill came after every row was committed"
+
+    async def restart(db: Database) -> tuple[list[str], dict[str, Any]]:
+        async with LedgerWriter(db, journal):
+            return await _stored(db)  # the rows of the dead process's journal are in
+
+    found, state = run(url, restart)
+    _check_after_crash(printed, found, state)
+    assert list(journal.iterdir()) == []  # the dead journal was adopted and deleted
+
+
+def test_a_running_writer_adopts_the_journal_of_a_process_that_died(
+    url: str, journal: Path
+) -> None:
+    """Two processes share the journal directory; one is killed, the other writes its rows."""
+    ids = run(url, _accounts)
+
+    async def survivor(db: Database) -> tuple[list[str], list[str], dict[str, Any]]:
+        async with LedgerWriter(db, journal, adopt_every=0.2):
+            printed = await asyncio.to_thread(_kill_child_mid_load, url, journal, ids)
+            for _ in range(100):
+                found, state = await _stored(db)
+                if set(printed) <= set(found):
+                    break
+                await asyncio.sleep(0.1)
+            return printed, found, state
+
+    printed, found, state = run(url, survivor)
+    _check_after_crash(printed, found, state)
+    assert list(journal.iterdir()) == []

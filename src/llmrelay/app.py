@@ -102,8 +102,7 @@ def build_app(
         circuit_cooldown=settings.circuit_cooldown_seconds,
     )
     channels = ChannelManager(settings, router, local, ChannelStore(db))
-    # No wait for more rows: those that arrive during a commit form the next batch.
-    ledger = LedgerWriter(db, max_delay=0.0)
+    ledger = LedgerWriter(db, settings.resolved_journal_dir)
     metrics = Metrics()
     metrics.register(router.breakers, local.stats, ledger.counts)
     accounts = Accounts(

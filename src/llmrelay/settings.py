@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     reserve_max_tokens: int = Field(
         4096, ge=1, description="output tokens reserved for a request that sets no max_tokens"
     )
+    ledger_journal_dir: Path | None = Field(
+        None,
+        description="where ledger rows are journaled before they reach the database (a local "
+        "disk; default: <data_dir>/journal; processes on one host may share it)",
+    )
     ledger_retention_days: int = Field(
         90, ge=1, description="per-request ledger rows kept; older ones live on as daily sums"
     )
@@ -136,6 +141,10 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, url: str | None) -> str | None:
         return async_database_url(url) if url else url
+
+    @property
+    def resolved_journal_dir(self) -> Path:
+        return self.ledger_journal_dir or self.data_dir / "journal"
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,45 +1,51 @@
-"""Durable ledger rows with group commit.
+"""Ledger rows: journaled at once, committed to the database in batches.
 
-:meth:`LedgerWriter.record` queues a row and returns once the transaction holding it has
-COMMITTED. One background task writes the queue: it waits ``max_delay`` seconds after the first
-row of a batch (or until ``max_batch`` rows wait), then writes the whole batch in one
-transaction: the ledger rows, and per user and per key the sum of their costs
+:meth:`LedgerWriter.record` appends a row to this process's journal (``journal.py``) and
+queues it; it does not wait for the database. Once it returns, the row survives a kill -9 of
+the process: callers record a response's row before sending its last bytes. One background
+task commits the queue: it waits ``max_delay`` seconds after the first row of a batch (or
+until ``max_batch`` rows wait), then writes the whole batch in one transaction
+(``ledger_sql.py``): the ledger rows; per user and per key the sum of their costs
 (``users.balance_pusd -= cost, users.spent_pusd += cost``; ``api_keys.spent_pusd += cost``;
-a NULL balance, unlimited, stays NULL). Rows that arrive while a transaction runs form the
-next batch, so under load one commit carries many requests. A batch goes through the driver
-itself (sqlite3's executemany on a worker thread; asyncpg's COPY on PostgreSQL), not through
-SQLAlchemy's per-row parameter processing.
+a NULL balance, unlimited, stays NULL); and the journal's mark. Rows that arrive while a
+transaction runs form the next batch.
 
-A caller that awaits :meth:`~LedgerWriter.record` before sending the last bytes of a response
-guarantees that the row survives a kill -9 of the process right afterwards: PostgreSQL commits
-are durable, and SQLite in WAL mode with ``synchronous=NORMAL`` (``store.db``) keeps every
-committed transaction through a process crash (only a power loss may drop the newest ones).
+Nothing that enforces a limit waits for these commits: the limiter (``limits.py``) counts a
+settled cost at once. Reports call :meth:`LedgerWriter.flush` first, so they include every
+request this process has answered.
 
-A batch that fails is retried row by row, each in its own transaction, so only the callers of
-the rows that fail on their own see the error. :meth:`~LedgerWriter.stop` writes what is queued
-before it returns.
+Failures. A batch the database refuses is written again row by row, each in its own
+transaction; a row refused for what it holds (a constraint) is dropped and logged, and counted
+in ``failed_rows``. When the database cannot be reached, rows stay queued (and journaled) and
+the writer tries again, waiting longer each time, up to :data:`MAX_BACKOFF` seconds. At start,
+and every :data:`ADOPT_EVERY` seconds, the writer adopts the journals of dead processes that
+shared its journal directory and writes the rows their database lacks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import sqlite3
-from collections import defaultdict
+import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
+from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from llmrelay.accounting.journal import Journal, Orphan, orphans
+from llmrelay.accounting.ledger_sql import FIELDS, Record, Sink, is_bad_row, sink_for
 from llmrelay.accounting.money import Money
+from llmrelay.errors import ServiceUnavailable
 from llmrelay.store.db import Database
 
 log = logging.getLogger("llmrelay.ledger")
 
-MAX_BATCH = 256
-MAX_DELAY = 0.002  # seconds a batch waits for more rows after its first one
+MAX_BATCH = 512
+MAX_DELAY = 0.02  # seconds a batch waits for more rows after its first one
+MAX_BACKOFF = 30.0  # seconds between tries while the database is unreachable
+ADOPT_EVERY = 60.0  # seconds between looks for the journals of dead processes
+FLUSH_PATIENCE = 5.0  # seconds a report waits for the queued rows
 
 
 def _now() -> datetime:
@@ -70,147 +76,88 @@ class LedgerRow:
     created_at: datetime = field(default_factory=_now)
 
 
-_FIELDS = tuple(f.name for f in fields(LedgerRow))
-_as_tuple = attrgetter(*_FIELDS)  # created_at comes last
-
-
-@dataclass(slots=True)
-class _Pending:
-    row: LedgerRow
-    done: asyncio.Future[None]
-
-
-def _user_costs(rows: list[LedgerRow]) -> list[tuple[int, int]]:
-    """(cost, user id) per user, in id order (one lock order for every writer: no deadlocks)."""
-    sums: dict[int, int] = defaultdict(int)
-    for row in rows:
-        if row.user_id is not None and row.cost_pusd:
-            sums[row.user_id] += row.cost_pusd
-    return [(sums[ident], ident) for ident in sorted(sums)]
-
-
-def _key_uses(rows: list[LedgerRow]) -> list[tuple[int, datetime, int]]:
-    """(cost, newest request time, key id) per key, in id order. Every key that made a request
-    is updated, free or not: the same statement keeps ``last_used_at`` current at no extra
-    cost."""
-    costs: dict[int, int] = defaultdict(int)
-    newest: dict[int, datetime] = {}
-    for row in rows:
-        ident = row.key_id
-        if ident is None:
-            continue
-        costs[ident] += row.cost_pusd
-        if ident not in newest or row.created_at > newest[ident]:
-            newest[ident] = row.created_at
-    return [(costs[ident], newest[ident], ident) for ident in sorted(costs)]
-
-
-# The batch is written with the driver's own executemany (SQLite) or COPY (PostgreSQL):
-# SQLAlchemy's per-row parameter processing cost more than the database's work.
-_CHARGE_USERS = (
-    "UPDATE users SET balance_pusd = balance_pusd - {0}, spent_pusd = spent_pusd + {0} "
-    "WHERE id = {1}"
-)
-_CHARGE_KEYS = (
-    "UPDATE api_keys SET spent_pusd = spent_pusd + {0}, last_used_at = {1} WHERE id = {2}"
-)
+assert tuple(f.name for f in fields(LedgerRow)) == FIELDS
+_as_tuple = attrgetter(*FIELDS[:-1])
 
 
 def _sqlite_time(value: datetime) -> str:
-    """SQLAlchemy's SQLite DATETIME text (UTC wall time; reports compare these strings)."""
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    """SQLAlchemy's SQLite DATETIME text: UTC wall time (reports compare these strings)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # a naive time is taken to be UTC already
+    elif value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
-def _sqlite_insert(count: int) -> str:
-    """One INSERT of ``count`` rows: sqlite3's executemany releases and retakes the GIL for
-    every row, which a busy event loop on the other thread pays for; one statement does it
-    once. Statements of recent sizes stay prepared in sqlite3's statement cache."""
-    row = f"({', '.join('?' * len(_FIELDS))})"
-    return f"INSERT INTO ledger ({', '.join(_FIELDS)}) VALUES {', '.join([row] * count)}"
+class _Unreachable(Exception):
+    """The database could not take a batch; it stays queued."""
 
 
-def _write_rows_sqlite(connection: sqlite3.Connection, rows: list[LedgerRow]) -> None:
-    """One transaction, on a worker thread: the rows and the balance updates they make."""
-    values: list[Any] = []
-    for row in rows:
-        fields_ = _as_tuple(row)
-        values += fields_[:-1]
-        values.append(_sqlite_time(fields_[-1]))
-    keys = [(cost, _sqlite_time(at), ident) for cost, at, ident in _key_uses(rows)]
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        connection.execute(_sqlite_insert(len(rows)), values)
-        if users := _user_costs(rows):
-            connection.executemany(_CHARGE_USERS.format("?", "?"), [(c, c, i) for c, i in users])
-        if keys:
-            connection.executemany(_CHARGE_KEYS.format("?", "?", "?"), keys)
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-async def write_rows(conn: AsyncConnection, rows: list[LedgerRow]) -> None:
-    """The rows and their balance updates on PostgreSQL (asyncpg), in one transaction of its
-    own on ``conn``'s driver connection."""
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    async with driver.transaction():
-        # Balances first, in id order; COPY's foreign-key checks take only share locks.
-        if users := _user_costs(rows):
-            await driver.executemany(_CHARGE_USERS.format("$1", "$2"), users)
-        if keys := _key_uses(rows):
-            await driver.executemany(_CHARGE_KEYS.format("$1", "$2", "$3"), keys)
-        records = [_as_tuple(row) for row in rows]
-        await driver.copy_records_to_table("ledger", records=records, columns=_FIELDS)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    """Retrieve the outcome of a row nobody awaits any more (its caller was cancelled)."""
-    if not future.cancelled():
-        future.exception()
+@dataclass(slots=True)
+class _Waiter:
+    seq: int
+    done: asyncio.Future[None]
 
 
 class LedgerWriter:
-    """Group-committing writer of ledger rows; one per process and database."""
+    """Journaling, batch-committing writer of ledger rows; one per process and database."""
 
     def __init__(
-        self, db: Database, *, max_batch: int = MAX_BATCH, max_delay: float = MAX_DELAY
+        self,
+        db: Database,
+        journal_dir: Path,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_delay: float = MAX_DELAY,
+        adopt_every: float = ADOPT_EVERY,
     ) -> None:
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be at least 1 and max_delay not negative")
         self.db = db
-        self._sqlite: sqlite3.Connection | None = None  # opened by start()
+        self.journal = Journal(journal_dir)
         self.max_batch = max_batch
         self.max_delay = max_delay
-        self.transactions = 0  # committed transactions (batches and row-by-row retries)
-        self.rows = 0  # rows committed
-        self.failed = 0  # rows that could not be written
-        self._queue: list[_Pending] = []
-        self._writing: list[_Pending] = []  # the batch in flight
+        self.adopt_every = adopt_every
+        self.transactions = 0  # committed transactions
+        self.rows = 0  # rows committed (adopted ones included)
+        self.failed = 0  # rows dropped: the database refused them
+        self._sink: Sink | None = None
+        self._seq = -1  # the last sequence number given out: the queue's last row's
+        self._queue: list[Record] = []
+        self._waiters: list[_Waiter] = []
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._backoff = 0.0
+        self._next_adoption = 0.0
 
     def counts(self) -> dict[str, int]:
-        """For /metrics: rows committed, transactions committed, rows that failed."""
-        return {"rows": self.rows, "transactions": self.transactions, "failed_rows": self.failed}
+        """For /metrics: rows committed, transactions committed, rows dropped, rows queued."""
+        return {
+            "rows": self.rows,
+            "transactions": self.transactions,
+            "failed_rows": self.failed,
+            "queued_rows": len(self._queue),
+        }
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._closing
 
     async def start(self) -> None:
-        if self._task is None:
-            if self._sqlite is None:
-                self._sqlite = self.db.sqlite_writer()
-            self._closing = False
-            self._task = asyncio.create_task(self._run(), name="llmrelay-ledger")
+        """Open the journal, write the rows of dead processes' journals, start writing."""
+        if self._task is not None:
+            return
+        self._sink = sink_for(self.db)
+        self.journal.open()
+        self._closing = False
+        await self._adopt()
+        self._task = asyncio.create_task(self._run(), name="llmrelay-ledger")
 
     async def stop(self) -> None:
-        """Write every queued row, then stop."""
+        """Write every queued row, then stop. Rows the database could not take stay in the
+        journal, for the next process to adopt."""
         if self._task is None:
             return
         self._closing = True
@@ -220,9 +167,15 @@ class LedgerWriter:
             await self._task
         finally:
             self._task = None
-            if self._sqlite is not None:
-                self._sqlite.close()
-                self._sqlite = None
+            self._release_waiters()
+            everything_written = not self._queue
+            self.journal.close(remove=everything_written)
+            if everything_written and self._sink is not None:
+                with contextlib.suppress(Exception):
+                    await self._sink.forget(self.journal.instance)
+            if self._sink is not None:
+                self._sink.close()
+                self._sink = None
 
     async def __aenter__(self) -> LedgerWriter:
         await self.start()
@@ -231,103 +184,160 @@ class LedgerWriter:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def submit(self, row: LedgerRow) -> asyncio.Future[None]:
-        """Queue ``row``; the future is done once the row is committed (or failed).
-
-        The row is written even if nobody awaits the future."""
+    def record(self, row: LedgerRow) -> None:
+        """Journal ``row`` and queue it for the database. Once this returns, the row survives
+        the death of the process; raises :class:`~llmrelay.errors.ServiceUnavailable` if the
+        journal could not be written (the caller must not send the response as complete)."""
         if not self.running:
             raise RuntimeError("the ledger writer is not running")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.add_done_callback(_consume)
-        self._queue.append(_Pending(row, done))
+        record = (*_as_tuple(row), _sqlite_time(row.created_at))
+        try:
+            self.journal.append(self._seq + 1, record)
+        except OSError as exc:
+            self.failed += 1
+            log.error("ledger journal write failed for request %s: %s", row.request_id, exc)
+            raise ServiceUnavailable(
+                "The request could not be recorded (the server cannot write its journal); "
+                "retry shortly."
+            ) from exc
+        self._seq += 1
+        self._queue.append(record)
         self._wakeup.set()
         if len(self._queue) >= self.max_batch:
             self._full.set()
-        return done
 
-    async def record(self, row: LedgerRow) -> None:
-        """Write ``row``; return once it is committed, or raise why it could not be.
-
-        Cancelling the caller does not cancel the write: the writer holds the row, and a
-        cancelled future only means nobody waits for its outcome (no shield needed)."""
-        await self.submit(row)
+    async def flush(self) -> bool:
+        """Wait until every row recorded before the call is committed (or dropped); False if
+        that took longer than :data:`FLUSH_PATIENCE` seconds (the database is unreachable)."""
+        if not self._queue or not self.running:
+            return True
+        waiter = _Waiter(self._seq, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._full.set()  # no need to wait for more rows
+        try:
+            async with asyncio.timeout(FLUSH_PATIENCE):
+                await asyncio.shield(waiter.done)
+        except TimeoutError:
+            return False
+        return True
 
     # -- the writer task ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await self._gather()
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                if len(self._queue) < self.max_batch and not self._closing:
-                    self._full.clear()
-                self._writing = batch
-                await self._write(batch)
-                self._writing = []
-        finally:
-            self._abandon()
+        while True:
+            if time.monotonic() >= self._next_adoption:
+                await self._adopt()
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.adopt_every):
+                        await self._wakeup.wait()
+                continue
+            await self._gather()
+            batch = self._queue[: self.max_batch]
+            last = self._seq - len(self._queue) + len(batch)
+            try:
+                await self._write(self.journal.instance, last, batch)
+            except _Unreachable:
+                if self._closing:
+                    return  # the journal keeps them
+                await self._back_off()
+                continue
+            del self._queue[: len(batch)]
+            if len(self._queue) < self.max_batch and not self._closing and not self._waiters:
+                self._full.clear()
+            self._written(last)
 
     async def _gather(self) -> None:
         """Let more rows join the batch: up to ``max_delay``, or until ``max_batch`` wait."""
         if self.max_delay and len(self._queue) < self.max_batch and not self._closing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.max_delay):
                     await self._full.wait()
-            except TimeoutError:
-                pass
 
-    def _abandon(self) -> None:
-        """The task ended (stopped, cancelled or broken): no caller may wait forever."""
-        pending = self._writing + self._queue
-        self._writing, self._queue = [], []
-        for item in pending:
-            if not item.done.done():
-                item.done.set_exception(RuntimeError("the ledger writer stopped"))
+    async def _back_off(self) -> None:
+        self._backoff = min(MAX_BACKOFF, max(0.05, self._backoff * 2))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff):
+                while not self._closing:
+                    self._full.clear()
+                    await self._full.wait()
 
-    async def _commit(self, rows: list[LedgerRow]) -> None:
-        if self._sqlite is not None:
-            await asyncio.to_thread(_write_rows_sqlite, self._sqlite, rows)
-        else:
-            async with self.db.engine.connect() as conn:
-                await write_rows(conn, rows)
-        self.transactions += 1
-        self.rows += len(rows)
+    def _written(self, seq: int) -> None:
+        self._backoff = 0.0
+        self.journal.committed(seq)
+        ready = [w for w in self._waiters if w.seq <= seq]
+        if ready:
+            self._waiters = [w for w in self._waiters if w.seq > seq]
+            for waiter in ready:
+                if not waiter.done.done():
+                    waiter.done.set_result(None)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    def _release_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done.done():
+                waiter.done.set_result(None)
+        self._waiters = []
+
+    async def _write(self, instance: str, last: int, batch: list[Record]) -> None:
+        """Commit ``batch`` (numbered up to ``last``), or raise :class:`_Unreachable`."""
+        assert self._sink is not None
         try:
-            await self._commit([item.row for item in batch])
+            await self._sink.write(instance, last, batch)
         except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], exc)
-                return
-            log.warning(
-                "ledger batch of %d rows failed (%s); writing them one by one", len(batch), exc
-            )
-            for item in batch:
-                await self._write_one(item)
+            if not is_bad_row(exc):
+                log.warning("ledger batch of %d rows not written (%s); will retry", len(batch), exc)
+                raise _Unreachable from exc
+            if len(batch) > 1:
+                log.warning(
+                    "ledger batch of %d rows refused (%s); writing them one by one", len(batch), exc
+                )
+            first = last - len(batch) + 1
+            for seq, row in enumerate(batch, first):
+                await self._write_one(instance, seq, row)
             return
-        for item in batch:
-            if not item.done.done():
-                item.done.set_result(None)
+        self.transactions += 1
+        self.rows += len(batch)
 
-    async def _write_one(self, item: _Pending) -> None:
+    async def _write_one(self, instance: str, seq: int, row: Record) -> None:
+        assert self._sink is not None
         try:
-            await self._commit([item.row])
+            await self._sink.write(instance, seq, [row])
         except Exception as exc:
-            self._fail(item, exc)
+            if not is_bad_row(exc):
+                raise _Unreachable from exc
+            self.failed += 1
+            log.error("ledger row for request %s dropped: the database refused it: %s", row[0], exc)
         else:
-            if not item.done.done():
-                item.done.set_result(None)
+            self.transactions += 1
+            self.rows += 1
 
-    def _fail(self, item: _Pending, exc: Exception) -> None:
-        self.failed += 1
-        log.error("ledger row for request %s not written: %s", item.row.request_id, exc)
-        if not item.done.done():
-            item.done.set_exception(exc)
+    # -- journals of dead processes -----------------------------------------------------------
+
+    async def _adopt(self) -> None:
+        self._next_adoption = time.monotonic() + self.adopt_every
+        for orphan in orphans(self.journal.directory, own=self.journal.instance):
+            try:
+                await self._adopt_one(orphan)
+            except Exception as exc:
+                orphan.release()
+                log.warning("journal %s not adopted yet: %s", orphan.instance, exc)
+
+    async def _adopt_one(self, orphan: Orphan) -> None:
+        assert self._sink is not None
+        after = await self._sink.mark(orphan.instance)
+        rows = list(await asyncio.to_thread(lambda: list(orphan.rows(after))))
+        for start in range(0, len(rows), self.max_batch):
+            numbered = rows[start : start + self.max_batch]
+            try:
+                await self._write(orphan.instance, numbered[-1][0], [row for _, row in numbered])
+            except _Unreachable as exc:
+                raise RuntimeError("the database is unreachable") from exc
+        orphan.remove()
+        await self._sink.forget(orphan.instance)
+        if rows:
+            log.warning(
+                "adopted the ledger journal of a process that died: %d rows written", len(rows)
+            )

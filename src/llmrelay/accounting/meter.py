@@ -171,37 +171,38 @@ class Meter:
         # response does not wait for it.
         self.accounts.limiter.finish_soon(self.reservation, cost, self.key.id, delta)
 
-    async def close(
-        self, usage: Usage | None, *, status: int = 200, error: str | None = None
-    ) -> None:
-        """Settle and wait until the ledger row is committed."""
+    def close(self, usage: Usage | None, *, status: int = 200, error: str | None = None) -> None:
+        """Settle and record the ledger row; raises if the row could not be recorded."""
         if self.closed:
             return
         self.closed = True
         row, cost = self._row(usage, status, error)
         self._settle(usage, cost)
-        await self.accounts.ledger.record(row)
+        self.accounts.ledger.record(row)
 
     def close_later(self, usage: Usage | None, *, status: int, error: str | None) -> None:
-        """Settle and record without waiting (the client left, or the request failed): safe to
+        """Settle and record, never raising (the client left, or the request failed): safe to
         call from a cancelled task."""
         if self.closed:
             return
         self.closed = True
         row, cost = self._row(usage, status, error)
-        self.accounts.ledger.submit(row)
         self._settle(usage, cost)
+        try:
+            self.accounts.ledger.record(row)
+        except Exception:
+            log.exception("ledger row of request %s not recorded", self.request_id)
 
     def failed(self, error: LLMRelayError) -> None:
         """Nothing was generated for the client: nothing is charged, the row says why."""
         self.close_later(None, status=error.status, error=error.type)
 
-    async def finished(
+    def finished(
         self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
     ) -> None:
         """A stream is about to send its last bytes."""
         usage = usage or (self.cut_usage(generated) if generated else None)
-        await self.close(usage, error=error.type if error is not None else None)
+        self.close(usage, error=error.type if error is not None else None)
 
     def abandoned(self, usage: Usage | None, generated: list[str]) -> None:
         """The client left mid-answer: charge what was generated."""

@@ -80,6 +80,7 @@ def public(key: KeyRecord, secret: str | None = None) -> dict[str, Any]:
 
 
 async def _get(ctx: AppContext, name: str) -> KeyRecord:
+    await ctx.accounts.ledger.flush()  # spend and last use include every answered request
     try:
         return await ctx.keys.get(name)
     except KeyNotFound:
@@ -89,6 +90,7 @@ async def _get(ctx: AppContext, name: str) -> KeyRecord:
 async def list_keys(request: Request) -> Response:
     ctx = await require_admin(request)
     user = query_value(request, "user")
+    await ctx.accounts.ledger.flush()
     keys = await ctx.keys.list(user=user)
     return JSONResponse({"object": "list", "data": [public(k) for k in keys]})
 

@@ -39,6 +39,7 @@ async def usage(request: Request) -> Response:
     since, until = _day(request, "since"), _day(request, "until")
     if since and until and since > until:
         raise InvalidRequest("'since' is after 'until'.", param="since")
+    await ctx.accounts.ledger.flush()  # include every request this process answered
     rows = await UsageStore(ctx.db).usage(by, since, until)
     return JSONResponse(
         {

@@ -60,6 +60,7 @@ async def _get(store: UserStore, name: str) -> UserRecord:
 
 async def list_users(request: Request) -> Response:
     ctx = await require_admin(request)
+    await ctx.accounts.ledger.flush()  # balances include every answered request
     users = await UserStore(ctx.db).list()
     return JSONResponse({"object": "list", "data": [public(u) for u in users]})
 
@@ -77,6 +78,7 @@ async def create_user(request: Request) -> Response:
 
 async def get_user(request: Request) -> Response:
     ctx = await require_admin(request)
+    await ctx.accounts.ledger.flush()
     return JSONResponse(public(await _get(UserStore(ctx.db), request.path_params["name"])))
 
 

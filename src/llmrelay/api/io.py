@@ -116,7 +116,7 @@ class StreamMeter(Protocol):
 
     def headers(self) -> dict[str, str]: ...
 
-    async def finished(
+    def finished(
         self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
     ) -> None:
         """The stream is about to end (before its last bytes): settle and record."""
@@ -133,7 +133,7 @@ class SSEResponse(Response):
     the same job at a fraction of the cost. Rendering happens here rather than in a generator
     of its own: one async layer less per chunk. An error after the stream started ends it with
     an SSE error event; the chunk stream is always closed, which closes the upstream. With a
-    ``meter``, the request is settled and its ledger row committed before the last bytes go
+    ``meter``, the request is settled and its ledger row recorded before the last bytes go
     out, and a stream the client cut is charged for what was generated.
     """
 
@@ -217,7 +217,7 @@ class SSEResponse(Response):
             error = internal_error()
         if self.meter is not None:
             try:
-                await self.meter.finished(self.renderer.usage, self.generated, error)
+                self.meter.finished(self.renderer.usage, self.generated, error)
             except LLMRelayError as exc:
                 error = error or exc
         return held + (DONE if error is None else sse_error(error))

@@ -1,7 +1,7 @@
 """A request's trip through the gateway with its accounting: every way it can end is metered.
 
 The answer is charged before its last bytes go out (a non-streaming response after its ledger
-row committed; a stream just before ``[DONE]``, in :class:`~llmrelay.api.io.SSEResponse`); a
+row is recorded; a stream just before ``[DONE]``, in :class:`~llmrelay.api.io.SSEResponse`); a
 request that failed is recorded without a charge; one the client abandoned is charged for what
 was generated.
 """
@@ -54,5 +54,5 @@ async def complete(
         meter.close_later(meter.cut_usage([]), status=499, error=GONE)
         raise
     meter.answered_by(info.owned_by)
-    await meter.close(completion.usage)
+    meter.close(completion.usage)
     return info, completion

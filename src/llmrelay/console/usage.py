@@ -107,6 +107,7 @@ async def usage_page(request: Request, viewer: Viewer) -> Response:
         filters = await parse_filters(params, viewer, ctx.keys, UserStore(ctx.db))
     except FilterError as exc:
         return page("usage.html", exc.status, error=str(exc), filters=None, **common)
+    await ctx.accounts.ledger.flush()  # include every request this process answered
     store = UsageStore(ctx.db)
     period = filters.period
     where: dict[str, Any] = {"key_id": filters.key_id, "user_id": filters.user_id}
@@ -121,6 +122,7 @@ async def usage_csv(request: Request, viewer: Viewer) -> Response:
     try:
         filters = await parse_filters(_params(request), viewer, ctx.keys, UserStore(ctx.db))
         kind = request.query_params.get("kind", "requests")
+        await ctx.accounts.ledger.flush()
         return export_csv(UsageStore(ctx.db), filters, kind)
     except FilterError as exc:
         return error_page(str(exc), exc.status, viewer=viewer, nav="usage")

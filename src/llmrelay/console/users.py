@@ -70,7 +70,9 @@ async def _list_page(
     form: dict[str, str] | None = None,
     error: str | None = None,
 ) -> Response:
-    users = await UserStore(context(request).db).list()
+    ctx = context(request)
+    await ctx.accounts.ledger.flush()  # balances include every answered request
+    users = await UserStore(ctx.db).list()
     rows = [UserRow(user, user_href(user.name)) for user in users]
     return page(
         "users.html",
@@ -109,8 +111,10 @@ async def create_user(request: Request, viewer: Viewer) -> Response:
 async def _user(request: Request, viewer: Viewer) -> UserRecord | Response:
     """The user named in the path, or the 404 page that says there is none."""
     name = request.path_params["name"]
+    ctx = context(request)
+    await ctx.accounts.ledger.flush()  # the balance includes every answered request
     try:
-        return await UserStore(context(request).db).get(name)
+        return await UserStore(ctx.db).get(name)
     except UserNotFound:
         return error_page(f"There is no user named “{name}”.", 404, viewer=viewer, nav="users")
 

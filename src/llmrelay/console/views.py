@@ -147,6 +147,7 @@ async def list_keys(request: Request, viewer: Viewer) -> Response:
 
 async def _keys_page(request: Request, viewer: Viewer, status: int = 200, **extra: Any) -> Response:
     ctx = context(request)
+    await ctx.accounts.ledger.flush()  # spend and last use include every answered request
     keys = await ctx.keys.list(user=None if viewer.admin else viewer.user_name)
     return page("keys.html", status, viewer=viewer, keys=keys, form={}, error=None, **extra)
 

@@ -149,3 +149,13 @@ class UsageDaily(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     search_calls: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_pusd: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LedgerJournal(Base):
+    """Per journal of a running (or dead) process: the highest sequence number of its rows
+    that the ledger holds (``accounting/journal.py``)."""
+
+    __tablename__ = "ledger_journals"
+
+    instance: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)

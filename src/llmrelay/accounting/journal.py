@@ -1,0 +1,223 @@
+"""The ledger's journal: a row is on disk before its response's last bytes are sent.
+
+The ledger writer commits rows to the database in batches, a few milliseconds after their
+requests ended, and nobody waits for those commits. What makes that safe is this journal: each
+row is first appended to a file of this process with one ``write()`` system call, and once the
+call returns the row is in the operating system's page cache, which a killed process (kill -9,
+an out-of-memory kill, a crash) does not lose. It is not fsynced: like SQLite's
+``synchronous=NORMAL``, a power loss may drop the newest rows (a torn record at the end of a
+file is recognised by its checksum and ignored).
+
+Each row has a sequence number. The transaction that commits a batch also stores, in the
+``ledger_journals`` table, the highest number it holds for this journal, so what the database
+has is known exactly: after a crash the rows past that number are written, never one twice.
+Numbers are consecutive: a row whose journal write failed gets none (it is not recorded).
+
+Files, in one directory (by default ``<data dir>/journal``), which processes on one host may
+share: ``<instance>.lock``, locked (``flock``) by the process that writes the journal for as
+long as it runs, and segments ``<instance>.<n>.seg`` (n = 0, 1, 2…). A new segment begins
+once the current one holds :data:`SEGMENT_BYTES`; a segment is deleted once every row in it is
+committed. A journal whose lock nobody holds belongs to a process that died: any process
+sharing the directory adopts it (:func:`orphans`), writes what the database lacks, and deletes
+it.
+
+A record is ``<length:u32><crc32:u32><payload>`` (little-endian) where the payload is the
+``marshal`` of ``(sequence number, row)``, a row being a tuple. marshal is the fastest
+serialiser in the standard library, and these files are only ever read by this program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import marshal
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("llmrelay.ledger")
+
+Row = tuple[Any, ...]
+
+SEGMENT_BYTES = 4 << 20
+_HEADER = struct.Struct("<II")
+_LOCK = ".lock"
+_SEGMENT = ".seg"
+
+
+def _segments(directory: Path, instance: str) -> list[tuple[int, Path]]:
+    """The journal's segments, oldest first."""
+    found = []
+    for path in directory.glob(f"{instance}.*{_SEGMENT}"):
+        number = path.name[len(instance) + 1 : -len(_SEGMENT)]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def _records(path: Path) -> Iterator[tuple[int, Row]]:
+    """The records of one segment, up to the first torn or corrupt one."""
+    data = path.read_bytes()
+    at = 0
+    while at + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, at)
+        payload = data[at + _HEADER.size : at + _HEADER.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            log.warning("journal %s ends with a torn record at byte %d; ignored", path, at)
+            return
+        yield marshal.loads(payload)
+        at += _HEADER.size + length
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock on the existing file ``path`` (held until its descriptor is closed),
+    or None if another process holds it or the file is gone (deleted by whoever adopted the
+    journal before us)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file we locked must still be the one at ``path``: a process that adopted this
+        # journal unlinks the lock file before it lets go of it.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(path)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    fd: int
+    size: int = 0
+    last: int = -1  # the highest sequence number written to it
+
+
+@dataclass
+class Journal:
+    """This process's journal: :meth:`append` rows, :meth:`committed` what the database holds."""
+
+    directory: Path
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))
+    segment_bytes: int = SEGMENT_BYTES
+    _lock_fd: int | None = None
+    _segments: list[_Segment] = field(default_factory=list)
+    _made: int = 0  # segments made so far (the next one's number)
+
+    @property
+    def is_open(self) -> bool:
+        return self._lock_fd is not None
+
+    def open(self) -> None:
+        """Create and lock the journal's lock file. It is locked under a temporary name and
+        then renamed, so no other process ever sees it unlocked (and adopts it)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.directory / f"{self.instance}.new"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            temporary.rename(self.directory / f"{self.instance}{_LOCK}")
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        self._lock_fd = fd
+
+    def append(self, seq: int, row: Row) -> None:
+        """Write ``(seq, row)`` in one system call; raises OSError if it could not."""
+        payload = marshal.dumps((seq, row))
+        current = self._segments[-1] if self._segments else None
+        if current is None or current.size >= self.segment_bytes:
+            current = self._new_segment()
+        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        try:
+            written = os.write(current.fd, data)
+            if written != len(data):  # a full disk
+                raise OSError(f"journal write cut short ({written} of {len(data)} bytes)")
+        except OSError:
+            # The segment may end with a torn record, past which recovery does not read:
+            # later records go to a new segment.
+            current.size = self.segment_bytes
+            raise
+        current.size += written
+        current.last = seq
+
+    def _new_segment(self) -> _Segment:
+        path = self.directory / f"{self.instance}.{self._made}{_SEGMENT}"
+        self._made += 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        segment = _Segment(path, os.open(path, flags, 0o600))
+        self._segments.append(segment)
+        return segment
+
+    def committed(self, seq: int) -> None:
+        """Every row up to ``seq`` is in the database: delete the segments that hold only
+        such rows (never the one being written)."""
+        while len(self._segments) > 1 and self._segments[0].last <= seq:
+            segment = self._segments.pop(0)
+            os.close(segment.fd)
+            segment.path.unlink(missing_ok=True)
+
+    def close(self, *, remove: bool) -> None:
+        """Close the files; with ``remove`` (everything is committed), delete them too."""
+        for segment in self._segments:
+            os.close(segment.fd)
+            if remove:
+                segment.path.unlink(missing_ok=True)
+        self._segments = []
+        if self._lock_fd is not None:
+            if remove:
+                (self.directory / f"{self.instance}{_LOCK}").unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+@dataclass
+class Orphan:
+    """The journal of a process that died, locked by this one until :meth:`release`."""
+
+    directory: Path
+    instance: str
+    lock_fd: int
+
+    def rows(self, after: int) -> Iterator[tuple[int, Row]]:
+        """Its ``(sequence number, row)`` records numbered above ``after``, in order."""
+        for _, path in _segments(self.directory, self.instance):
+            for record in _records(path):
+                if record[0] > after:
+                    yield record
+
+    def remove(self) -> None:
+        """Delete the journal (its rows are all in the database), then unlock it."""
+        for _, path in _segments(self.directory, self.instance):
+            path.unlink(missing_ok=True)
+        (self.directory / f"{self.instance}{_LOCK}").unlink(missing_ok=True)
+        self.release()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+
+def orphans(directory: Path, *, own: str | None = None) -> Iterator[Orphan]:
+    """The journals in ``directory`` that no running process holds, each locked while the
+    caller handles it (it calls :meth:`Orphan.remove` or :meth:`Orphan.release`)."""
+    if not directory.is_dir():
+        return
+    for lock_path in sorted(directory.glob(f"*{_LOCK}")):
+        instance = lock_path.name[: -len(_LOCK)]
+        if instance == own:
+            continue
+        fd = _lock(lock_path)
+        if fd is not None:
+            yield Orphan(directory, instance, fd)

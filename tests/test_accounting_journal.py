@@ -1,0 +1,75 @@
+"""The ledger's journal files: records, torn tails, segments, and who may adopt a journal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from llmrelay.accounting.journal import Journal, orphans
+
+
+def _row(i: int) -> tuple[object, ...]:
+    return (f"req-{i}", "model", 200, 1, None, 10 * i, True, "2026-11-26 10:00:00.000001")
+
+
+def test_rows_come_back_in_order_and_past_the_mark(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    for i in range(5):
+        journal.append(i, _row(i))
+    journal.close(remove=False)  # as a crash leaves it: files and the lock file
+    [orphan] = orphans(tmp_path)
+    assert list(orphan.rows(after=-1)) == [(i, _row(i)) for i in range(5)]
+    assert list(orphan.rows(after=2)) == [(3, _row(3)), (4, _row(4))]
+    orphan.remove()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    for i in range(3):
+        journal.append(i, _row(i))
+    journal.close(remove=False)
+    [segment] = tmp_path.glob("*.seg")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-5])  # a power loss in the middle of the last write
+    [orphan] = orphans(tmp_path)
+    assert [seq for seq, _ in orphan.rows(after=-1)] == [0, 1]
+    orphan.release()
+
+
+def test_segments_rotate_and_committed_ones_are_deleted(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=500)
+    journal.open()
+    for i in range(40):
+        journal.append(i, _row(i))
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) > 3
+    journal.committed(19)
+    left = sorted(tmp_path.glob("*.seg"))
+    assert 0 < len(left) < len(segments)
+    journal.close(remove=False)
+    [orphan] = orphans(tmp_path)
+    kept = [seq for seq, _ in orphan.rows(after=19)]
+    assert kept == list(range(20, 40))  # every uncommitted row is still there
+    orphan.release()
+
+
+def test_a_journal_whose_process_lives_is_not_adopted(tmp_path: Path) -> None:
+    mine = Journal(tmp_path)
+    mine.open()
+    mine.append(0, _row(0))
+    assert list(orphans(tmp_path, own=mine.instance)) == []
+    # Another process cannot take it either while this one holds the lock.
+    probe = (
+        "import sys; from pathlib import Path; from llmrelay.accounting.journal import orphans; "
+        "print(len(list(orphans(Path(sys.argv[1])))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "0"
+    mine.close(remove=True)
+    assert list(tmp_path.iterdir()) == []
