@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, chat, sse_events, start_server, stop_server
-from tests.upstream import FakeUpstream
+from tests.upstream import FakeUpstream, wait_for
 
 ROUTE = "/v1/chat/completions"
 FAST = {"first_byte_timeout": 0.5, "idle_timeout": 0.5, "connect_timeout": 0.5}
@@ -219,9 +219,11 @@ def test_ledger_writes_are_counted(ohttp: httpx.Client) -> None:
     before = scrape(ohttp)
     for _ in range(3):
         assert ohttp.post(ROUTE, json=chat("Hi", model="obs-model")).status_code == 200
-    after = scrape(ohttp)
     ledger = "llmrelay_ledger_total"
-    # Each answer's row is committed before the answer is sent, so all three are counted.
+    # Each answer's row is journaled before the answer is sent and committed soon after.
+    wait_for(lambda: moved(before, scrape(ohttp), ledger, what="rows") == 3)
+    after = scrape(ohttp)
     assert moved(before, after, ledger, what="rows") == 3
+    assert after[("llmrelay_ledger_queued_rows", frozenset())] == 0
     assert 1 <= moved(before, after, ledger, what="transactions") <= 3
     assert moved(before, after, ledger, what="failed_rows") == 0

@@ -38,15 +38,15 @@ def make(backend: Backend) -> RedisLimiter:
 class Spy:
     """Wraps a batcher's script: the items of each call."""
 
-    def __init__(self, limiter: RedisLimiter, which: str, stride: int) -> None:
+    def __init__(self, limiter: RedisLimiter, which: str, header: int) -> None:
         self.batcher = getattr(limiter, which)
         self.script = self.batcher.script
-        self.stride = stride
+        self.stride = header
         self.calls: list[int] = []
         self.batcher.script = self
 
     async def __call__(self, *, keys: list[bytes], args: list[Any]) -> Any:
-        self.calls.append(len(keys) // self.stride)
+        self.calls.append(len(args) - self.stride)  # the items, after the header
         return await self.script(keys=keys, args=args)
 
 
@@ -84,7 +84,7 @@ async def budget(limiter: RedisLimiter, kind: str, ident: int) -> dict[str, str]
 def test_one_turns_admits_are_one_script_call_in_order(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 6)
+        spy = Spy(limiter, "_admits", 3)
         amount = BIG
         found = await asyncio.gather(
             *(admit(limiter, 1, amount, key_credit=10 * amount + 5, key_spent=5) for _ in range(50))
@@ -126,7 +126,7 @@ def test_rate_refusals_in_a_batch_reserve_nothing(backend: Backend) -> None:
 def test_a_batch_holds_at_most_max_batch_items(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 6)
+        spy = Spy(limiter, "_admits", 3)
         found = await asyncio.gather(*(admit(limiter, i % 3, 1) for i in range(150)))
         assert spy.calls == [MAX_BATCH, MAX_BATCH, 150 - 2 * MAX_BATCH]
         assert len(held(found)) == 150
@@ -138,7 +138,7 @@ def test_a_batch_holds_at_most_max_batch_items(backend: Backend) -> None:
 def test_a_lone_call_is_sent_in_the_next_turn(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 6)
+        spy = Spy(limiter, "_admits", 3)
         task = asyncio.get_running_loop().create_task(admit(limiter, 1, 1))
         await asyncio.sleep(0)  # the task queues its item
         assert spy.calls == []
@@ -158,7 +158,7 @@ def test_concurrent_finishes_settle_exactly(backend: Backend) -> None:
         )
         reservations = held(found)
         assert len(reservations) == 50
-        spy = Spy(limiter, "_finishes", 5)
+        spy = Spy(limiter, "_finishes", 2)
         costs = [BIG - i * 1_000_003 for i in range(50)]
         await asyncio.gather(
             *(limiter.finish(r, c, 1, 0) for r, c in zip(reservations, costs, strict=True)),
@@ -179,7 +179,7 @@ def test_token_corrections_batch_with_settlements(backend: Backend) -> None:
         found = await asyncio.gather(
             *(admit(limiter, 1, 7, tpm=1000, tokens=100, key_credit=70) for _ in range(10))
         )
-        spy = Spy(limiter, "_finishes", 5)
+        spy = Spy(limiter, "_finishes", 2)
         await asyncio.gather(
             *(limiter.finish(r, 7, 1, -50) for r in held(found)),
             *(limiter.add_tokens(1, -10) for _ in range(10)),

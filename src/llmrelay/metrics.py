@@ -160,7 +160,7 @@ class MetricsCollector(Collector):
         yield self._first_tokens()
         yield self._tokens()
         yield self._attempts()
-        yield self._ledger()
+        yield from self._ledger()
         yield from self._state()
 
     def _requests(self) -> Iterable[Metric]:
@@ -215,15 +215,22 @@ class MetricsCollector(Collector):
             family.add_metric([channel, outcome], count)
         return family
 
-    def _ledger(self) -> Metric:
+    def _ledger(self) -> Iterable[Metric]:
+        counts = dict(self.ledger_counts())
+        yield GaugeMetricFamily(
+            "llmrelay_ledger_queued_rows",
+            "Ledger rows journaled and waiting for the database.",
+            value=counts.pop("queued_rows", 0),
+        )
         family = CounterMetricFamily(
             "llmrelay_ledger",
-            "Ledger writes: rows committed, transactions that committed them, rows that failed.",
+            "Ledger writes: rows committed, transactions that committed them, rows the "
+            "database refused.",
             labels=["what"],
         )
-        for what, count in self.ledger_counts().items():
+        for what, count in counts.items():
             family.add_metric([what], count)
-        return family
+        yield family
 
     def _state(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(

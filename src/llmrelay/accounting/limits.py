@@ -79,7 +79,7 @@ class Reservation:
         return f"{self.id}:{self.amount}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
 class RateStatus:
     """A key's rate-limit state after a request: OpenAI's ``x-ratelimit-*`` headers.
 
@@ -93,16 +93,23 @@ class RateStatus:
 
     def headers(self) -> dict[str, str]:
         found: dict[str, str] = {}
-        for kind, limit, level in (
-            ("requests", self.rpm, self.requests_level),
-            ("tokens", self.tpm, self.tokens_level),
-        ):
-            if limit is None:
-                continue
-            found[f"x-ratelimit-limit-{kind}"] = str(limit)
-            found[f"x-ratelimit-remaining-{kind}"] = str(max(0, level // WINDOW_MS))
-            found[f"x-ratelimit-reset-{kind}"] = duration_text(_time_to_full(level, limit))
+        if self.rpm is not None:
+            _describe(found, _REQUEST_HEADERS, self.rpm, self.requests_level)
+        if self.tpm is not None:
+            _describe(found, _TOKEN_HEADERS, self.tpm, self.tokens_level)
         return found
+
+
+_REQUEST_HEADERS, _TOKEN_HEADERS = (
+    tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+)
+
+
+def _describe(found: dict[str, str], names: tuple[str, ...], limit: int, level: int) -> None:
+    found[names[0]] = str(limit)
+    found[names[1]] = str(level // WINDOW_MS) if level > 0 else "0"
+    found[names[2]] = duration_text(_time_to_full(level, limit))
 
 
 class Limiter(Protocol):

@@ -75,6 +75,11 @@ class Consumption:
         )
 
 
+def _counts_ok(*values: int) -> bool:
+    """The common case, cheaply: every value a non-negative int (bool is not one)."""
+    return all(type(value) is int and value >= 0 for value in values)
+
+
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -97,29 +102,55 @@ def cost(price: PriceLike | None, used: Consumption) -> Money:
     Cached tokens beyond the prompt tokens, or reasoning tokens beyond the completion tokens
     (an upstream that counts them apart), are capped so that no token is charged twice.
     """
-    _check_counts(
-        prompt_tokens=used.prompt_tokens,
-        completion_tokens=used.completion_tokens,
-        cached_tokens=used.cached_tokens,
-        reasoning_tokens=used.reasoning_tokens,
-        search_calls=used.search_calls,
+    return _cost(
+        price,
+        used.prompt_tokens,
+        used.completion_tokens,
+        used.cached_tokens,
+        used.reasoning_tokens,
+        used.search_calls,
     )
+
+
+def _cost(
+    price: PriceLike | None,
+    prompt: int,
+    completion: int,
+    cached: int,
+    reasoning: int,
+    searches: int,
+) -> Money:
+    if not _counts_ok(prompt, completion, cached, reasoning, searches):
+        _check_counts(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            reasoning_tokens=reasoning,
+            search_calls=searches,
+        )
     if price is None:
         return 0
-    cached = min(used.cached_tokens, used.prompt_tokens)
-    reasoning = min(used.reasoning_tokens, used.completion_tokens)
+    cached = min(cached, prompt)
+    reasoning = min(reasoning, completion)
     return (
-        (used.prompt_tokens - cached) * price.input_pusd
+        (prompt - cached) * price.input_pusd
         + cached * cached_input_price(price)
-        + (used.completion_tokens - reasoning) * price.output_pusd
+        + (completion - reasoning) * price.output_pusd
         + reasoning * reasoning_price(price)
-        + used.search_calls * price.per_search_pusd
+        + searches * price.per_search_pusd
     )
 
 
 def usage_cost(price: PriceLike | None, usage: TokenCounts, *, search_calls: int = 0) -> Money:
     """:func:`cost` of a ``stream.Usage``."""
-    return cost(price, Consumption.of(usage, search_calls=search_calls))
+    return _cost(
+        price,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens,
+        search_calls,
+    )
 
 
 def worst_case(
@@ -131,7 +162,8 @@ def worst_case(
     tokens the request allows (its ``max_tokens``/``max_completion_tokens``, else what the
     model's context leaves), ``max_searches`` the most web-search calls it may make.
     """
-    _check_counts(prompt_tokens=prompt_tokens, max_tokens=max_tokens, max_searches=max_searches)
+    if not _counts_ok(prompt_tokens, max_tokens, max_searches):
+        _check_counts(prompt_tokens=prompt_tokens, max_tokens=max_tokens, max_searches=max_searches)
     if price is None:
         return 0
     per_input = max(price.input_pusd, cached_input_price(price))

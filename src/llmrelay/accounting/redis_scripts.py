@@ -3,7 +3,10 @@
 The rules are written once, as Lua functions in :data:`_LIBRARY`, and each script is that
 library plus a loop over the items of one batch. An item is one ARGV string of fields
 separated by spaces, ``_`` standing for none: redis-py spends about a microsecond of CPU
-encoding each argument, and an item has up to nine fields.
+encoding each argument, and an item has up to eleven fields. For the same reason each key name
+is sent once per batch: KEYS holds groups, a key's (request bucket, token bucket, hash, held
+set) and a user's (hash, held set), and an item's first two fields are the positions in KEYS
+where its key's group and its user's group begin.
 """
 
 from __future__ import annotations
@@ -51,8 +54,7 @@ local function cmp(a, b)
   return 0
 end
 
--- Budgets. `k` is the index in KEYS of a key's hash, then its held set, the user's hash and
--- the user's held set.
+-- Budgets: `kh`, `kz` are a key's hash and held set, `uh`, `uz` its user's.
 local function release(hash, amount)
   if amount == '0' then return end
   redis.call('HINCRBY', hash, 'reserved', '-' .. amount)
@@ -78,35 +80,36 @@ local function learn(hash, spent)
 end
 -- Hold `amount` (credit, funded nil: no limit). Returns 0 (held), 1 (key credit short) or 2
 -- (user balance short).
-local function reserve(k, amount, credit, key_spent, funded, user_spent, now, deadline, member,
-                       ttl)
+local function reserve(kh, kz, uh, uz, amount, credit, key_spent, funded, user_spent, now,
+                       deadline, member, ttl)
   local need = big(amount)
-  lapse(KEYS[k], KEYS[k + 1], now)
-  lapse(KEYS[k + 2], KEYS[k + 3], now)
-  local key_used = learn(KEYS[k], key_spent)
-  local user_used = learn(KEYS[k + 2], user_spent)
+  lapse(kh, kz, now)
+  lapse(uh, uz, now)
+  local key_used = learn(kh, key_spent)
+  local user_used = learn(uh, user_spent)
   local result = 0
   if credit and cmp(add(key_used, need), big(credit)) > 0 then
     result = 1
   elseif funded and cmp(add(user_used, need), big(funded)) > 0 then
     result = 2
   else
-    for i = k, k + 2, 2 do
-      redis.call('HINCRBY', KEYS[i], 'reserved', amount)
-      redis.call('ZADD', KEYS[i + 1], deadline, member)
+    for _, pair in ipairs({{kh, kz}, {uh, uz}}) do
+      redis.call('HINCRBY', pair[1], 'reserved', amount)
+      redis.call('ZADD', pair[2], deadline, member)
     end
   end
-  for i = k, k + 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  for _, name in ipairs({kh, kz, uh, uz}) do redis.call('PEXPIRE', name, ttl) end
   return result
 end
 -- Release a reservation (only if still held: exactly once) and count its actual cost.
-local function settle(k, member, amount, cost, ttl)
-  for i = k, k + 2, 2 do
-    if redis.call('ZREM', KEYS[i + 1], member) == 1 then release(KEYS[i], amount) end
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      if cost ~= '0' then redis.call('HINCRBY', KEYS[i], 'spent', cost) end
-      redis.call('PEXPIRE', KEYS[i], ttl)
-      redis.call('PEXPIRE', KEYS[i + 1], ttl)
+local function settle(kh, kz, uh, uz, member, amount, cost, ttl)
+  for _, pair in ipairs({{kh, kz}, {uh, uz}}) do
+    local hash, held = pair[1], pair[2]
+    if redis.call('ZREM', held, member) == 1 then release(hash, amount) end
+    if redis.call('EXISTS', hash) == 1 then
+      if cost ~= '0' then redis.call('HINCRBY', hash, 'spent', cost) end
+      redis.call('PEXPIRE', hash, ttl)
+      redis.call('PEXPIRE', held, ttl)
     end
   end
 end
@@ -164,23 +167,25 @@ end
 ADMIT_LUA = (
     _LIBRARY
     + """
--- KEYS per item: request bucket, token bucket, key, key:held, user, user:held. ARGV: now
--- (ms), reservation deadline (ms), state ttl (ms), then per item "rpm tpm tokens
--- amount key_credit key_spent funded user_spent member": tokens none, no rate check; amount
--- none, no reservation. Items run in order; each answers "rl,tl,rw,tw,money" (money: 0 held or
--- not asked, 1 key short, 2 user short; nothing is reserved when a bucket must wait).
+-- ARGV: now (ms), reservation deadline (ms), state ttl (ms), then per item "key_group
+-- user_group rpm tpm tokens amount key_credit key_spent funded user_spent member": tokens
+-- none, no rate check; amount none, no reservation. Items run in order; each answers
+-- "rl,tl,rw,tw,money" (money: 0 held or not asked, 1 key short, 2 user short; nothing is
+-- reserved when a bucket must wait).
 local now, deadline, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local out = {}
 for n = 4, #ARGV do
-  local f, k = fields(ARGV[n]), (n - 4) * 6 + 1
+  local f = fields(ARGV[n])
+  local k, u = tonumber(f[1]), tonumber(f[2])
   local rl, tl, rw, tw = -1, -1, 0, 0
-  if f[3] then
-    rl, tl, rw, tw = rate(KEYS[k], KEYS[k + 1], now, tonumber(f[1]), tonumber(f[2]),
-                          tonumber(f[3]))
+  if f[5] then
+    rl, tl, rw, tw = rate(KEYS[k], KEYS[k + 1], now, tonumber(f[3]), tonumber(f[4]),
+                          tonumber(f[5]))
   end
   local money = 0
-  if f[4] and rw == 0 and tw == 0 then
-    money = reserve(k + 2, f[4], f[5], f[6], f[7], f[8], ARGV[1], deadline, f[9], ttl)
+  if f[6] and rw == 0 and tw == 0 then
+    money = reserve(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[6], f[7], f[8], f[9],
+                    f[10], ARGV[1], deadline, f[11], ttl)
   end
   out[n - 3] = string.format('%d,%d,%d,%d,%d', rl, tl, rw, tw, money)
 end
@@ -191,15 +196,20 @@ return table.concat(out, ' ')
 FINISH_LUA = (
     _LIBRARY
     + """
--- KEYS per item: token bucket, key, key:held, user, user:held. ARGV: now (ms), state ttl
--- (ms), then per item "member amount cost token_delta" (member none: nothing to settle). Each
--- item answers "0".
+-- ARGV: now (ms), state ttl (ms), then per item "key_group user_group member amount cost
+-- token_delta" (member none: nothing to settle; then the user group is none too). The key
+-- group is that of the key whose tokens are corrected; the reservation's key is the same key.
+-- Each item answers "0".
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
 local out = {}
 for n = 3, #ARGV do
-  local f, k = fields(ARGV[n]), (n - 3) * 5 + 1
-  if f[1] then settle(k + 1, f[1], f[2], f[3], ttl) end
-  if f[4] ~= '0' then add_tokens(KEYS[k], now, tonumber(f[4])) end
+  local f = fields(ARGV[n])
+  local k = tonumber(f[1])
+  if f[3] then
+    local u = tonumber(f[2])
+    settle(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[3], f[4], f[5], ttl)
+  end
+  if f[6] ~= '0' then add_tokens(KEYS[k + 1], now, tonumber(f[6])) end
   out[n - 2] = '0'
 end
 return table.concat(out, ' ')
