@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -158,8 +157,8 @@ def test_rows_set_their_keys_last_use(url: str, journal: Path) -> None:
     async def work(db: Database) -> dict[str, datetime | None]:
         ids = await _accounts(db)
         async with LedgerWriter(db, journal, max_delay=0.05) as writer:
-            writer.record(replace(_row("late", ids, cost=0), created_at=late))
-            writer.record(replace(_row("early", ids, cost=3), created_at=early))
+            writer.record(_row("late", ids, cost=0)._replace(created_at=late))
+            writer.record(_row("early", ids, cost=3)._replace(created_at=early))
         keys = KeyStore(db)
         return {name: (await keys.get(name)).last_used_at for name in ("k-ann", "k-bob")}
 

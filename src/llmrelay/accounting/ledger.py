@@ -28,10 +28,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 from llmrelay.accounting.journal import Journal, Orphan, orphans
 from llmrelay.accounting.ledger_sql import FIELDS, Record, Sink, is_bad_row, sink_for
@@ -48,13 +48,9 @@ ADOPT_EVERY = 60.0  # seconds between looks for the journals of dead processes
 FLUSH_PATIENCE = 5.0  # seconds a report waits for the queued rows
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
-class LedgerRow:
-    """One request, as the ``ledger`` table holds it."""
+class LedgerRow(NamedTuple):
+    """One request, as the ``ledger`` table holds it (a tuple: it goes to the journal and the
+    database as it is, with no conversion per request)."""
 
     request_id: str
     model: str
@@ -73,11 +69,26 @@ class LedgerRow:
     latency_ms: int = 0
     ttft_ms: int | None = None
     error_type: str | None = None
-    created_at: datetime = field(default_factory=_now)
+    created_at: datetime | None = None  # None: when it is recorded
 
 
-assert tuple(f.name for f in fields(LedgerRow)) == FIELDS
-_as_tuple = attrgetter(*FIELDS[:-1])
+assert LedgerRow._fields == FIELDS
+
+
+class _Clock:
+    """The time now as SQLite DATETIME text, the date and time of day formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}"
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -115,6 +126,7 @@ class LedgerWriter:
             raise ValueError("max_batch must be at least 1 and max_delay not negative")
         self.db = db
         self.journal = Journal(journal_dir)
+        self._clock = _Clock()
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.adopt_every = adopt_every
@@ -190,7 +202,8 @@ class LedgerWriter:
         journal could not be written (the caller must not send the response as complete)."""
         if not self.running:
             raise RuntimeError("the ledger writer is not running")
-        record = (*_as_tuple(row), _sqlite_time(row.created_at))
+        at = row[-1]
+        record = (*row[:-1], self._clock() if at is None else _sqlite_time(at))
         try:
             self.journal.append(self._seq + 1, record)
         except OSError as exc:

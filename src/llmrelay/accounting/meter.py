@@ -30,6 +30,7 @@ from llmrelay.stream import Usage
 log = logging.getLogger(__name__)
 IMAGE_TOKENS = 2_000  # what one input image may count as upstream, at most, for a reservation
 MESSAGE_TOKENS = 8  # a chat template's tokens around each message
+_NOTHING_USED = Usage(0, 0)
 
 
 def prompt_bound(request: ChatRequest) -> int:
@@ -57,6 +58,14 @@ class PriceBook:
         self._expires = 0.0
         self._loading: asyncio.Task[None] | None = None
 
+    def current(self, model: str) -> PriceRecord | None:
+        """The price as last loaded (callers check :attr:`fresh` first)."""
+        return self._prices.get(model.lower())
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() < self._expires
+
     async def get(self, model: str) -> PriceRecord | None:
         if time.monotonic() >= self._expires:
             if self._loading is None or self._loading.done():
@@ -81,7 +90,8 @@ class Accounts:
     async def admit(self, key: KeyRecord, request: ChatRequest, request_id: str) -> Meter:
         if not self.enabled:
             return Meter(self, key, request, request_id, None, closed=True)
-        price = await self.prices.get(request.model)
+        prices = self.prices
+        price = prices.current(request.model) if prices.fresh else await prices.get(request.model)
         meter = Meter(self, key, request, request_id, price)
         if not key.metered:
             return meter
@@ -138,26 +148,31 @@ class Meter:
         return Usage(estimate(prompt), estimate("".join(generated)), estimated=True)
 
     def _row(self, usage: Usage | None, status: int, error: str | None) -> tuple[LedgerRow, Money]:
-        cost = usage_cost(self.price, usage) if usage is not None else 0
         elapsed = time.perf_counter() - self.started
-        ttft = self.first_chunk - self.started if self.first_chunk else None
-        row = LedgerRow(
-            request_id=self.request_id,
-            model=self.request.model,
-            status=status,
-            key_id=self.key.id,
-            user_id=self.key.user_id,
-            channel=self.channel,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            estimated=usage.estimated if usage else False,
-            stream=self.request.stream,
-            cost_pusd=cost,
-            latency_ms=round(elapsed * 1000),
-            ttft_ms=round(ttft * 1000) if ttft is not None else None,
-            error_type=error,
+        ttft = round((self.first_chunk - self.started) * 1000) if self.first_chunk else None
+        if usage is None:
+            usage, cost = _NOTHING_USED, 0
+        else:
+            cost = usage_cost(self.price, usage)
+        key, request = self.key, self.request
+        row = LedgerRow(  # by position: a named tuple's keywords cost more than its fields
+            self.request_id,
+            request.model,
+            status,
+            key.id,
+            key.user_id,
+            self.channel,
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+            0,
+            usage.estimated,
+            request.stream,
+            cost,
+            round(elapsed * 1000),
+            ttft,
+            error,
         )
         return row, cost
 
