@@ -41,8 +41,11 @@ from llmrelay.store.db import Database
 
 log = logging.getLogger("llmrelay.ledger")
 
-MAX_BATCH = 512
-MAX_DELAY = 0.02  # seconds a batch waits for more rows after its first one
+MAX_BATCH = 2048
+# Seconds a batch waits for more rows after its first one. Nobody waits for a commit, and each
+# transaction has a fixed cost (on PostgreSQL several round trips, tens of µs of CPU each), so
+# batches are made large: at 4,000 requests a second, one transaction carries 400 rows.
+MAX_DELAY = 0.1
 MAX_BACKOFF = 30.0  # seconds between tries while the database is unreachable
 ADOPT_EVERY = 60.0  # seconds between looks for the journals of dead processes
 FLUSH_PATIENCE = 5.0  # seconds a report waits for the queued rows

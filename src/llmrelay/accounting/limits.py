@@ -309,7 +309,8 @@ class MemoryLimiter:
         self._state_ms = int(state_ttl * 1000)
         self._keys: dict[int, _Account] = {}
         self._users: dict[int, _Account] = {}
-        self._buckets: dict[tuple[int, str], _Bucket] = {}
+        self._requests: dict[int, _Bucket] = {}  # per key: its RPM bucket
+        self._tokens: dict[int, _Bucket] = {}  # per key: its TPM bucket
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -337,68 +338,80 @@ class MemoryLimiter:
         key_spent: Money,
         user_balance: Money | None,
         user_spent: Money,
+        now: int = 0,
     ) -> Reservation:
-        check_money(amount)
-        now = self._now()
+        if type(amount) is not int or amount < 0:
+            check_money(amount)
+        now = now or self._now()
         key = self._account(self._keys, key_id, key_spent, now)
         user = self._account(self._users, user_id, user_spent, now)
         if key_credit is not None and key.spent + key.reserved + amount > key_credit:
             raise quota_error("key")
-        funded = None if user_balance is None else user_balance + user_spent
-        if funded is not None and user.spent + user.reserved + amount > funded:
+        if user_balance is not None and user.spent + user.reserved + amount > (
+            user_balance + user_spent
+        ):
             raise quota_error("user")
         reservation = Reservation(key_id, user_id, amount)
-        deadline = now + self._reservation_ms
+        hold = (amount, now + self._reservation_ms)
+        member = reservation.id  # unique: the amount need not be part of it here
         for account in (key, user):
             account.reserved += amount
-            account.holds[reservation.member] = (amount, deadline)
-            account.next_lapse_ms = min(account.next_lapse_ms, deadline)
+            account.holds[member] = hold
+            if hold[1] < account.next_lapse_ms:
+                account.next_lapse_ms = hold[1]
         return reservation
 
     def _settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        check_money(actual_cost, "actual_cost")
+        if type(actual_cost) is not int or actual_cost < 0:
+            check_money(actual_cost, "actual_cost")
         if reservation.settled:
             return
         reservation.settled = True
+        member = reservation.id
         for table, ident in ((self._keys, reservation.key_id), (self._users, reservation.user_id)):
             account = table.get(ident)
             if account is not None:
-                account.release(reservation.member)
+                account.release(member)
                 account.spent += actual_cost
 
-    def _bucket(self, key_id: int, kind: str, limit: int | None, now: int) -> _Bucket | None:
+    def _bucket(
+        self, table: dict[int, _Bucket], key_id: int, limit: int | None, now: int
+    ) -> _Bucket | None:
         if limit is None:
-            self._buckets.pop((key_id, kind), None)
+            if table:
+                table.pop(key_id, None)
             return None
-        bucket = self._buckets.get((key_id, kind))
+        full = limit * WINDOW_MS
+        bucket = table.get(key_id)
         if bucket is None:
-            bucket = self._buckets[(key_id, kind)] = _Bucket(limit * WINDOW_MS, now, limit)
-        bucket.level = refill(bucket.level, bucket.at_ms, now, bucket.limit)
-        bucket.level = min(bucket.level, limit * WINDOW_MS)
-        bucket.at_ms, bucket.limit = now, limit
+            bucket = table[key_id] = _Bucket(full, now, limit)
+        elif now > bucket.at_ms or limit != bucket.limit:
+            level = bucket.level + max(0, now - bucket.at_ms) * limit
+            bucket.level, bucket.at_ms, bucket.limit = min(level, full), now, limit
         return bucket
 
-    def _check_rate(self, key_id: int, rpm: int | None, tpm: int | None, tokens: int) -> RateStatus:
+    def _check_rate(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: int = 0
+    ) -> RateStatus:
         if rpm is None and tpm is None:
-            if self._buckets:
-                self._buckets.pop((key_id, "req"), None)
-                self._buckets.pop((key_id, "tok"), None)
+            if self._requests or self._tokens:
+                self._requests.pop(key_id, None)
+                self._tokens.pop(key_id, None)
             return _NO_LIMITS
         tokens = max(0, tokens)
-        error = refused_outright(rpm, tpm, tokens)
-        if error is not None:
+        if rpm == 0 or (tpm is not None and tokens > tpm):
+            error = refused_outright(rpm, tpm, tokens)
+            assert error is not None
             raise error
-        now = self._now()
-        requests = self._bucket(key_id, "req", rpm, now)
-        token_bucket = self._bucket(key_id, "tok", tpm, now)
-        request_wait = (
-            wait_ms(requests.level, WINDOW_MS, requests.limit) if requests is not None else 0
-        )
-        token_wait = (
-            wait_ms(token_bucket.level, tokens * WINDOW_MS, token_bucket.limit)
-            if token_bucket is not None
-            else 0
-        )
+        now = now or self._now()
+        requests = self._bucket(self._requests, key_id, rpm, now)
+        token_bucket = self._bucket(self._tokens, key_id, tpm, now)
+        need = tokens * WINDOW_MS
+        request_wait = token_wait = 0
+        if requests is not None and requests.level < WINDOW_MS:
+            request_wait = wait_ms(requests.level, WINDOW_MS, requests.limit)
+        if token_bucket is not None and token_bucket.level < need:
+            token_wait = wait_ms(token_bucket.level, need, token_bucket.limit)
         if request_wait or token_wait:
             short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
             status = _status(rpm, requests, tpm, token_bucket)
@@ -406,11 +419,11 @@ class MemoryLimiter:
         if requests is not None:
             requests.level -= WINDOW_MS
         if token_bucket is not None:
-            token_bucket.level -= tokens * WINDOW_MS
+            token_bucket.level -= need
         return _status(rpm, requests, tpm, token_bucket)
 
     def _add_tokens(self, key_id: int, delta: int) -> None:
-        bucket = self._buckets.get((key_id, "tok"))
+        bucket = self._tokens.get(key_id)
         if bucket is None or delta == 0:
             return
         now = self._now()
@@ -455,11 +468,12 @@ class MemoryLimiter:
         user_balance: Money | None,
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None]:
-        status = self._check_rate(key_id, rpm, tpm, tokens)
+        now = self._now()
+        status = self._check_rate(key_id, rpm, tpm, tokens, now)
         if amount is None:
             return status, None
         reservation = self._reserve(
-            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent
+            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
         )
         return status, reservation
 
@@ -488,7 +502,8 @@ class MemoryLimiter:
     async def close(self) -> None:
         self._keys.clear()
         self._users.clear()
-        self._buckets.clear()
+        self._requests.clear()
+        self._tokens.clear()
 
 
 _NO_LIMITS = RateStatus()
