@@ -329,3 +329,24 @@ def test_a_cancelled_batch_cancels_its_callers_only(backend: Backend) -> None:
         await limiter.close()
 
     run(work())
+
+
+def test_scripts_come_back_after_redis_lost_them_and_after_a_dropped_connection(
+    backend: Backend,
+) -> None:
+    async def work() -> None:
+        limiter = make(backend)
+        assert isinstance(await admit(limiter, 1, 1), tuple)
+        await limiter.redis.script_flush()  # as a Redis restart would
+        assert isinstance(await admit(limiter, 1, 1), tuple)
+        # Redis drops the limiter's own connection: a call fails (503), the next reconnects.
+        connection = limiter._scripts[0]._connection
+        host, port = connection._writer.get_extra_info("sockname")[:2]
+        await limiter.redis.client_kill_filter(laddr=None, addr=f"{host}:{port}")
+        failed = await admit(limiter, 1, 1)
+        assert isinstance(failed, ServiceUnavailable)
+        assert isinstance(await admit(limiter, 1, 1), tuple)
+        assert (await budget(limiter, "key", 1))["reserved"] == "3"
+        await limiter.close()
+
+    run(work())

@@ -45,14 +45,16 @@ caller's clock (ms) when a batch is sent, so processes should keep their clocks 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from llmrelay.accounting.limits import (
     RESERVATION_TTL,
@@ -100,6 +102,59 @@ def _field(value: int | None) -> str | int:
     return "_" if value is None else value
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class _Evalsha:
+    """One script, called with EVALSHA on a connection of its own (one call at a time: its
+    batcher's sender is the only caller), without redis-py's work per command (a pool checkout,
+    encoding each argument, response callbacks: about 50 µs of CPU a call). The connection is
+    redis-py's, with its settings (password, database, TLS, timeouts). A call that fails on the
+    connection is not retried (the script may have run: a second run would hold a reservation
+    twice), so its batch gets 503 with Retry-After; the next call reconnects. A Redis that lost
+    the script (a restart, SCRIPT FLUSH) is given it again."""
+
+    def __init__(self, redis: Redis, lua: str) -> None:
+        self.redis = redis
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode(), usedforsecurity=False).hexdigest().encode()
+        self._connection: Any = None
+
+    def _pack(self, keys: list[bytes], args: list[Any]) -> bytes:
+        parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), b"$7\r\nEVALSHA\r\n", _bulk(self.sha)]
+        parts.append(_bulk(b"%d" % len(keys)))
+        parts += [_bulk(name) for name in keys]
+        parts += [_bulk(str(arg).encode()) for arg in args]
+        return b"".join(parts)
+
+    async def __call__(self, *, keys: list[bytes], args: list[Any]) -> Any:
+        if self._connection is None:
+            self._connection = self.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        packed = self._pack(keys, args)
+        try:
+            return await self._exchange(packed)
+        except NoScriptError:
+            await self.redis.script_load(self.lua)
+            return await self._exchange(packed)
+
+    async def _exchange(self, packed: bytes) -> Any:
+        connection = self._connection
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            return await connection.read_response()
+        except ResponseError:
+            raise
+        except BaseException:
+            await connection.disconnect()  # a reply may be on its way: start afresh
+            raise
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.disconnect()
+            self._connection = None
+
+
 class _Batch:
     __slots__ = ("args", "futures", "groups", "keys", "loop")
 
@@ -122,15 +177,26 @@ class _Batch:
 
 
 class _Batcher:
-    """The calls of one script made during one event-loop turn, sent as one EVALSHA."""
+    """The calls of one script, sent as few EVALSHAs as may be.
+
+    One sender task per event loop sends, one call at a time, the batch that formed while it
+    was idle (the calls of one event-loop turn) or while its previous call was under way, so
+    batches grow with the load instead of the number of calls in flight. No caller's
+    cancellation leaves the others without answers: the sender is a task of its own.
+    """
 
     def __init__(self, script: Script, header: Callable[[], list[int]], delay: float = 0.0) -> None:
         self.script = script
         self.header = header  # the ARGV before the items, taken when the batch is sent
         self.delay = delay  # seconds a batch stays open for more items (0: one loop turn)
         self.sent = 0  # script calls, for tests and measurements
-        self._open: _Batch | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._open: _Batch | None = None  # taking items
+        self._full: deque[_Batch] = deque()  # closed at MAX_BATCH items, not sent yet
+        self._current: _Batch | None = None  # under way
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()  # the sender task, while it runs
 
     def add(
         self, key: tuple[bytes, ...], user: tuple[bytes, ...] | None, item: str
@@ -138,27 +204,50 @@ class _Batcher:
         """Queue one item about the key and user whose names are ``key`` and ``user``; the
         future gets its answer, or the batch's error."""
         loop = asyncio.get_running_loop()
+        if not self._sending or self._loop is not loop:
+            self._start(loop)
         batch = self._open
-        if batch is None or batch.loop is not loop:  # (a loop that ended left its batch)
+        if batch is None:
             batch = self._open = _Batch(loop)
-            # The task's first step is scheduled like call_soon: it runs once the callbacks
-            # ready now (the other callers of this turn) have run. A task of its own, so that
-            # no caller's cancellation leaves the others without answers.
-            task = loop.create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(functools.partial(self._sent, batch))
+            self._idle.clear()
+            self._wake.set()
         batch.args.append(f"{batch.place(key)} {batch.place(user)} {item}")
         future: asyncio.Future[str] = loop.create_future()
         batch.futures.append(future)
         if len(batch.futures) >= MAX_BATCH:
-            self._open = None  # full; it is still sent at the end of the turn
+            self._full.append(batch)
+            self._open = None
         return future
 
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # (A loop that ended took its sender and its callers with it.)
+        self._open, self._current = None, None
+        self._full.clear()
+        self._loop = loop
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        sender = loop.create_task(self._run())
+        self._sending = {sender}
+        sender.add_done_callback(self._stopped)
+
+    def _next(self) -> _Batch | None:
+        if self._full:
+            return self._full.popleft()
+        batch, self._open = self._open, None
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            self._idle.set()
+            await self._wake.wait()
+            self._wake.clear()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            while (batch := self._next()) is not None:
+                self._current = batch
+                await self._send(batch)
+                self._current = None
+
     async def _send(self, batch: _Batch) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self._open is batch:
-            self._open = None
         self.sent += 1
         futures = batch.futures
         try:
@@ -176,17 +265,27 @@ class _Batcher:
             if not future.done():  # its caller may have been cancelled
                 future.set_result(answer)
 
-    def _sent(self, batch: _Batch, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if self._open is batch:
-            self._open = None
-        for future in batch.futures:
-            future.cancel()  # only those left unanswered: the task was cancelled
+    def _stopped(self, sender: asyncio.Task[None]) -> None:
+        """The sender was cancelled: nobody will answer what it held."""
+        self._sending.discard(sender)
+        left = [*self._full, self._current, self._open]
+        self._open, self._current = None, None
+        self._full.clear()
+        for batch in left:
+            for future in batch.futures if batch is not None else ():
+                future.cancel()
 
     async def wait(self) -> None:
-        """Until the batches sent so far are answered."""
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        """Until what was queued so far is answered."""
+        if self._sending and self._loop is asyncio.get_running_loop():
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.wait()
+        for sender in list(self._sending):
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
 
 
 class RedisLimiter:
@@ -212,10 +311,9 @@ class RedisLimiter:
         self._reservation_ms = int(reservation_ttl * 1000)
         # State outlives every reservation it holds.
         self._state_ms = max(int(state_ttl * 1000), self._reservation_ms + 60_000)
-        self._admits = _Batcher(self.redis.register_script(ADMIT_LUA), self._admit_header)
-        self._finishes = _Batcher(
-            self.redis.register_script(FINISH_LUA), self._finish_header, FINISH_DELAY
-        )
+        self._scripts = (_Evalsha(self.redis, ADMIT_LUA), _Evalsha(self.redis, FINISH_LUA))
+        self._admits = _Batcher(self._scripts[0], self._admit_header)
+        self._finishes = _Batcher(self._scripts[1], self._finish_header, FINISH_DELAY)
         self._forget = self.redis.register_script(FORGET_LUA)
         options = self.redis.connection_pool.connection_kwargs  # redis-py's encoding of names
         self._encoding: tuple[str, str] = (
@@ -416,7 +514,9 @@ class RedisLimiter:
                 raise _unreachable(exc) from exc
 
     async def close(self) -> None:
-        await self._admits.wait()
-        await self._finishes.wait()
+        await self._admits.close()
+        await self._finishes.close()
+        for script in self._scripts:
+            await script.close()
         if self._owned:
             await self.redis.aclose()
