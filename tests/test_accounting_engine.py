@@ -142,6 +142,24 @@ def test_negative_counts_are_refused(bad: dict[str, int]) -> None:
         cost(None, Consumption(prompt_tokens=1.5))  # type: ignore[arg-type]
 
 
+def test_the_prompt_bound_counts_a_token_per_byte_and_a_budget_per_image() -> None:
+    from llmrelay.accounting.meter import IMAGE_TOKENS, MESSAGE_TOKENS, prompt_bound
+    from llmrelay.dialects.openai_chat import parse_chat_request
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    text = {"type": "text", "text": "héllo"}  # 6 bytes in UTF-8
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [text, image, text]},
+        ],
+    }
+    request = parse_chat_request(body, path_model=None, default_model="m")
+    expected = 16 + 2 * MESSAGE_TOKENS + len("Be brief.") + 2 * 6 + IMAGE_TOKENS
+    assert prompt_bound(request) == expected
+
+
 # -- reservations --------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from llmrelay.accounting.limits import Limiter, RateStatus, Reservation
 from llmrelay.accounting.money import Money
 from llmrelay.accounting.pricing import usage_cost, worst_case
 from llmrelay.errors import LLMRelayError
-from llmrelay.request import ChatRequest, ImagePart
+from llmrelay.request import ChatRequest, ImagePart, TextPart
 from llmrelay.store.keys import KeyRecord
 from llmrelay.store.prices import PriceRecord, PriceStore
 from llmrelay.stream import Usage
@@ -36,10 +36,14 @@ _NOTHING_USED = Usage(0, 0)
 def prompt_bound(request: ChatRequest) -> int:
     """An upper bound of the prompt's tokens that costs no tokenizer run: byte-level BPE
     vocabularies never need more than one token per UTF-8 byte."""
-    total = 16
+    total = 16 + MESSAGE_TOKENS * len(request.messages)
     for message in request.messages:
-        total += MESSAGE_TOKENS + len(message.text().encode())
-        total += IMAGE_TOKENS * sum(isinstance(p, ImagePart) for p in message.content)
+        for part in message.content:
+            if isinstance(part, TextPart):
+                text = part.text
+                total += len(text) if text.isascii() else len(text.encode())
+            elif isinstance(part, ImagePart):
+                total += IMAGE_TOKENS
     for tool in request.tools:
         total += len(repr(tool).encode())
     if request.raw_prompt is not None:
