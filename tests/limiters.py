@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmrelay.accounting.limits import Limiter, MemoryLimiter
+from llmrelay.accounting.limits import Limiter
+from llmrelay.accounting.memory_limits import MemoryLimiter
 from llmrelay.accounting.redis_limits import RedisLimiter
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

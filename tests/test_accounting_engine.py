@@ -14,13 +14,8 @@ from typing import Any
 
 import pytest
 
-from llmrelay.accounting.limits import (
-    Limiter,
-    MemoryLimiter,
-    RateStatus,
-    Reservation,
-    create_limiter,
-)
+from llmrelay.accounting.limits import Limiter, RateStatus, Reservation, create_limiter
+from llmrelay.accounting.memory_limits import MemoryLimiter
 from llmrelay.accounting.money import parse_price
 from llmrelay.accounting.pricing import Consumption, cost, usage_cost, worst_case
 from llmrelay.accounting.redis_limits import RedisLimiter

@@ -11,7 +11,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmrelay.accounting.limits import RateStatus, Reservation
-from llmrelay.accounting.redis_limits import MAX_BATCH, RedisLimiter
+from llmrelay.accounting.redis_batching import MAX_BATCH
+from llmrelay.accounting.redis_limits import RedisLimiter
 from llmrelay.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from tests.limiters import Backend, limiter_backend
 

@@ -45,16 +45,11 @@ caller's clock (ms) when a batch is sent, so processes should keep their clocks 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from llmrelay.accounting.limits import (
     RESERVATION_TTL,
@@ -68,28 +63,16 @@ from llmrelay.accounting.limits import (
     refused_outright,
 )
 from llmrelay.accounting.money import Money
+from llmrelay.accounting.redis_batching import Batcher, Evalsha, unreachable
 from llmrelay.accounting.redis_scripts import ADMIT_LUA, FINISH_LUA, FORGET_LUA
-from llmrelay.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 64  # items in one script call: it blocks Redis while it runs
 # Seconds a batch of settlements waits for more: nobody waits for a settlement (the
 # reservation holds the worst case until then), and each script call costs tens of µs of CPU.
 FINISH_DELAY = 0.005
 _NAMES_KEPT = 100_000  # key names cached per kind (ids are few; this only bounds a surprise)
 _KEY_NAMES = ("rate:{}:req", "rate:{}:tok", "key:{}", "key:{}:held")
 _USER_NAMES = ("user:{}", "user:{}:held")
-Script = Callable[..., Awaitable[Any]]  # redis-py's AsyncScript: keys=, args=
-
-
-def _unreachable(exc: RedisError) -> ServiceUnavailable:
-    error = ServiceUnavailable(
-        "The rate-limit and budget store is unavailable; retry shortly.",
-        headers={"Retry-After": "1"},
-        retry_after=1.0,
-    )
-    error.__cause__ = exc
-    return error
 
 
 def _log_failure(future: asyncio.Future[str]) -> None:
@@ -100,192 +83,6 @@ def _log_failure(future: asyncio.Future[str]) -> None:
 
 def _field(value: int | None) -> str | int:
     return "_" if value is None else value
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-class _Evalsha:
-    """One script, called with EVALSHA on a connection of its own (one call at a time: its
-    batcher's sender is the only caller), without redis-py's work per command (a pool checkout,
-    encoding each argument, response callbacks: about 50 µs of CPU a call). The connection is
-    redis-py's, with its settings (password, database, TLS, timeouts). A call that fails on the
-    connection is not retried (the script may have run: a second run would hold a reservation
-    twice), so its batch gets 503 with Retry-After; the next call reconnects. A Redis that lost
-    the script (a restart, SCRIPT FLUSH) is given it again."""
-
-    def __init__(self, redis: Redis, lua: str) -> None:
-        self.redis = redis
-        self.lua = lua
-        self.sha = hashlib.sha1(lua.encode(), usedforsecurity=False).hexdigest().encode()
-        self._connection: Any = None
-
-    def _pack(self, keys: list[bytes], args: list[Any]) -> bytes:
-        parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), b"$7\r\nEVALSHA\r\n", _bulk(self.sha)]
-        parts.append(_bulk(b"%d" % len(keys)))
-        parts += [_bulk(name) for name in keys]
-        parts += [_bulk(str(arg).encode()) for arg in args]
-        return b"".join(parts)
-
-    async def __call__(self, *, keys: list[bytes], args: list[Any]) -> Any:
-        if self._connection is None:
-            self._connection = self.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        packed = self._pack(keys, args)
-        try:
-            return await self._exchange(packed)
-        except NoScriptError:
-            await self.redis.script_load(self.lua)
-            return await self._exchange(packed)
-
-    async def _exchange(self, packed: bytes) -> Any:
-        connection = self._connection
-        try:
-            await connection.send_packed_command(packed, check_health=False)
-            return await connection.read_response()
-        except ResponseError:
-            raise
-        except BaseException:
-            await connection.disconnect()  # a reply may be on its way: start afresh
-            raise
-
-    async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.disconnect()
-            self._connection = None
-
-
-class _Batch:
-    __slots__ = ("args", "futures", "groups", "keys", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.keys: list[bytes] = []
-        self.groups: dict[tuple[bytes, ...], int] = {}  # a group of names → where it begins
-        self.args: list[str] = []
-        self.futures: list[asyncio.Future[str]] = []
-
-    def place(self, group: tuple[bytes, ...] | None) -> str:
-        """The 1-based position of ``group`` in KEYS, added on first use ("_": none)."""
-        if group is None:
-            return "_"
-        start = self.groups.get(group)
-        if start is None:
-            start = self.groups[group] = len(self.keys) + 1
-            self.keys += group
-        return str(start)
-
-
-class _Batcher:
-    """The calls of one script, sent as few EVALSHAs as may be.
-
-    One sender task per event loop sends, one call at a time, the batch that formed while it
-    was idle (the calls of one event-loop turn) or while its previous call was under way, so
-    batches grow with the load instead of the number of calls in flight. No caller's
-    cancellation leaves the others without answers: the sender is a task of its own.
-    """
-
-    def __init__(self, script: Script, header: Callable[[], list[int]], delay: float = 0.0) -> None:
-        self.script = script
-        self.header = header  # the ARGV before the items, taken when the batch is sent
-        self.delay = delay  # seconds a batch stays open for more items (0: one loop turn)
-        self.sent = 0  # script calls, for tests and measurements
-        self._open: _Batch | None = None  # taking items
-        self._full: deque[_Batch] = deque()  # closed at MAX_BATCH items, not sent yet
-        self._current: _Batch | None = None  # under way
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()  # the sender task, while it runs
-
-    def add(
-        self, key: tuple[bytes, ...], user: tuple[bytes, ...] | None, item: str
-    ) -> asyncio.Future[str]:
-        """Queue one item about the key and user whose names are ``key`` and ``user``; the
-        future gets its answer, or the batch's error."""
-        loop = asyncio.get_running_loop()
-        if not self._sending or self._loop is not loop:
-            self._start(loop)
-        batch = self._open
-        if batch is None:
-            batch = self._open = _Batch(loop)
-            self._idle.clear()
-            self._wake.set()
-        batch.args.append(f"{batch.place(key)} {batch.place(user)} {item}")
-        future: asyncio.Future[str] = loop.create_future()
-        batch.futures.append(future)
-        if len(batch.futures) >= MAX_BATCH:
-            self._full.append(batch)
-            self._open = None
-        return future
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # (A loop that ended took its sender and its callers with it.)
-        self._open, self._current = None, None
-        self._full.clear()
-        self._loop = loop
-        self._wake, self._idle = asyncio.Event(), asyncio.Event()
-        sender = loop.create_task(self._run())
-        self._sending = {sender}
-        sender.add_done_callback(self._stopped)
-
-    def _next(self) -> _Batch | None:
-        if self._full:
-            return self._full.popleft()
-        batch, self._open = self._open, None
-        return batch
-
-    async def _run(self) -> None:
-        while True:
-            self._idle.set()
-            await self._wake.wait()
-            self._wake.clear()
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            while (batch := self._next()) is not None:
-                self._current = batch
-                await self._send(batch)
-                self._current = None
-
-    async def _send(self, batch: _Batch) -> None:
-        self.sent += 1
-        futures = batch.futures
-        try:
-            found = await self.script(keys=batch.keys, args=[*self.header(), *batch.args])
-            answers = (found.decode() if isinstance(found, bytes) else str(found)).split(" ")
-            if len(answers) != len(futures):
-                raise RuntimeError(f"{len(answers)} answers to {len(futures)} limiter calls")
-        except Exception as exc:
-            for future in futures:
-                if not future.done():
-                    error = _unreachable(exc) if isinstance(exc, RedisError) else exc
-                    future.set_exception(error)
-            return
-        for future, answer in zip(futures, answers, strict=True):
-            if not future.done():  # its caller may have been cancelled
-                future.set_result(answer)
-
-    def _stopped(self, sender: asyncio.Task[None]) -> None:
-        """The sender was cancelled: nobody will answer what it held."""
-        self._sending.discard(sender)
-        left = [*self._full, self._current, self._open]
-        self._open, self._current = None, None
-        self._full.clear()
-        for batch in left:
-            for future in batch.futures if batch is not None else ():
-                future.cancel()
-
-    async def wait(self) -> None:
-        """Until what was queued so far is answered."""
-        if self._sending and self._loop is asyncio.get_running_loop():
-            await self._idle.wait()
-
-    async def close(self) -> None:
-        await self.wait()
-        for sender in list(self._sending):
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
 
 
 class RedisLimiter:
@@ -311,9 +108,9 @@ class RedisLimiter:
         self._reservation_ms = int(reservation_ttl * 1000)
         # State outlives every reservation it holds.
         self._state_ms = max(int(state_ttl * 1000), self._reservation_ms + 60_000)
-        self._scripts = (_Evalsha(self.redis, ADMIT_LUA), _Evalsha(self.redis, FINISH_LUA))
-        self._admits = _Batcher(self._scripts[0], self._admit_header)
-        self._finishes = _Batcher(self._scripts[1], self._finish_header, FINISH_DELAY)
+        self._scripts = (Evalsha(self.redis, ADMIT_LUA), Evalsha(self.redis, FINISH_LUA))
+        self._admits = Batcher(self._scripts[0], self._admit_header)
+        self._finishes = Batcher(self._scripts[1], self._finish_header, FINISH_DELAY)
         self._forget = self.redis.register_script(FORGET_LUA)
         options = self.redis.connection_pool.connection_kwargs  # redis-py's encoding of names
         self._encoding: tuple[str, str] = (
@@ -511,7 +308,7 @@ class RedisLimiter:
             try:
                 await self._forget(keys=keys, args=[])
             except RedisError as exc:
-                raise _unreachable(exc) from exc
+                raise unreachable(exc) from exc
 
     async def close(self) -> None:
         await self._admits.close()
