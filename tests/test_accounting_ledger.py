@@ -234,6 +234,51 @@ def test_a_row_the_database_refuses_is_dropped_alone(url: str, journal: Path) ->
     assert state["users"]["ann"] == (1000 * USD - 50, 50)
 
 
+class _GoesAway:
+    """The real sink, but the database becomes unreachable for one call, the ``fail_on``-th:
+    the moment cannot be hit otherwise."""
+
+    def __init__(self, sink: Any, fail_on: int) -> None:
+        self.sink, self.fail_on, self.calls = sink, fail_on, 0
+
+    async def write(self, instance: str, last: int, rows: Any) -> None:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise sqlite3.OperationalError("database is locked")
+        await self.sink.write(instance, last, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sink, name)
+
+
+def test_rows_written_one_by_one_before_the_database_went_away_are_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    with migrated_database("sqlite", tmp_path) as url:
+
+        async def work() -> tuple[dict[str, int], dict[str, Any]]:
+            db = Database(url)
+            ids = await _accounts(db)
+            bad = LedgerRow(request_id="bad", model="m", status=200, key_id=999_999, cost_pusd=1)
+            rows = [_row("r0", ids), _row("r1", ids), bad, _row("r3", ids), _row("r4", ids)]
+            async with LedgerWriter(db, tmp_path / "journal", max_delay=0.01) as writer:
+                # The batch is refused (the bad row), r0, r1 and bad go one by one, then the
+                # database is gone for r3: r0 and r1 must not be written again with r3 and r4.
+                writer._sink = _GoesAway(writer._sink, fail_on=5)
+                for row in rows:
+                    writer.record(row)
+                assert await writer.flush()
+                counts = writer.counts()
+            state = await _state(db)
+            await db.close()
+            return counts, state
+
+        counts, state = asyncio.run(work())
+    assert sorted(state["ids"]) == ["r0", "r1", "r3", "r4"]
+    assert counts["failed_rows"] == 1 and counts["rows"] == 4
+    assert state["users"]["ann"] == (1000 * USD - 20, 20)
+
+
 def test_stop_writes_what_is_queued(url: str, journal: Path) -> None:
     async def work(db: Database) -> dict[str, Any]:
         ids = await _accounts(db)

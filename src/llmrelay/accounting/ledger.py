@@ -104,7 +104,12 @@ def _sqlite_time(value: datetime) -> str:
 
 
 class _Unreachable(Exception):
-    """The database could not take a batch; it stays queued."""
+    """The database could not take the rest of a batch: its first ``done`` rows are handled
+    (committed or refused), the others stay queued."""
+
+    def __init__(self, done: int = 0) -> None:
+        super().__init__(done)
+        self.done = done
 
 
 @dataclass(slots=True)
@@ -135,7 +140,7 @@ class LedgerWriter:
         self.adopt_every = adopt_every
         self.transactions = 0  # committed transactions
         self.rows = 0  # rows committed (adopted ones included)
-        self.failed = 0  # rows dropped: the database refused them
+        self.failed = 0  # rows lost: refused by the database, or their journal write failed
         self._sink: Sink | None = None
         self._seq = -1  # the last sequence number given out: the queue's last row's
         self._queue: list[Record] = []
@@ -148,7 +153,7 @@ class LedgerWriter:
         self._next_adoption = 0.0
 
     def counts(self) -> dict[str, int]:
-        """For /metrics: rows committed, transactions committed, rows dropped, rows queued."""
+        """For /metrics: rows committed, transactions committed, rows lost, rows queued now."""
         return {
             "rows": self.rows,
             "transactions": self.transactions,
@@ -256,15 +261,21 @@ class LedgerWriter:
             last = self._seq - len(self._queue) + len(batch)
             try:
                 await self._write(self.journal.instance, last, batch)
-            except _Unreachable:
+            except _Unreachable as exc:
+                if exc.done:  # the rows written one by one before the database went away
+                    self._dequeue(exc.done, last - len(batch) + exc.done)
                 if self._closing:
-                    return  # the journal keeps them
+                    return  # the journal keeps the others
                 await self._back_off()
                 continue
-            del self._queue[: len(batch)]
-            if len(self._queue) < self.max_batch and not self._closing and not self._waiters:
-                self._full.clear()
-            self._written(last)
+            self._dequeue(len(batch), last)
+
+    def _dequeue(self, count: int, last: int) -> None:
+        """The first ``count`` queued rows, numbered up to ``last``, are handled."""
+        del self._queue[:count]
+        if len(self._queue) < self.max_batch and not self._closing and not self._waiters:
+            self._full.clear()
+        self._written(last)
 
     async def _gather(self) -> None:
         """Let more rows join the batch: up to ``max_delay``, or until ``max_batch`` wait."""
@@ -311,8 +322,11 @@ class LedgerWriter:
                     "ledger batch of %d rows refused (%s); writing them one by one", len(batch), exc
                 )
             first = last - len(batch) + 1
-            for seq, row in enumerate(batch, first):
-                await self._write_one(instance, seq, row)
+            for done, row in enumerate(batch):
+                try:
+                    await self._write_one(instance, first + done, row)
+                except _Unreachable as cut:
+                    raise _Unreachable(done) from cut
             return
         self.transactions += 1
         self.rows += len(batch)
@@ -344,7 +358,7 @@ class LedgerWriter:
     async def _adopt_one(self, orphan: Orphan) -> None:
         assert self._sink is not None
         after = await self._sink.mark(orphan.instance)
-        rows = list(await asyncio.to_thread(lambda: list(orphan.rows(after))))
+        rows = await asyncio.to_thread(lambda: list(orphan.rows(after)))
         for start in range(0, len(rows), self.max_batch):
             numbered = rows[start : start + self.max_batch]
             try:
