@@ -382,7 +382,7 @@ def test_a_recorded_row_survives_kill_9_and_the_next_start_writes_it(
     assert len(found_before) < len(printed), "the kill came after every row was committed"
 
     async def restart(db: Database) -> tuple[list[str], dict[str, Any]]:
-        async with LedgerWriter(db, journal):
+        async with LedgerWriter(db, journal, max_batch=50):  # adopted 50 rows at a time
             return await _stored(db)  # the rows of the dead process's journal are in
 
     found, state = run(url, restart)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -358,16 +359,17 @@ class LedgerWriter:
     async def _adopt_one(self, orphan: Orphan) -> None:
         assert self._sink is not None
         after = await self._sink.mark(orphan.instance)
-        rows = await asyncio.to_thread(lambda: list(orphan.rows(after)))
-        for start in range(0, len(rows), self.max_batch):
-            numbered = rows[start : start + self.max_batch]
+        records = orphan.rows(after)  # read lazily, a batch at a time: a journal may be large
+        written = 0
+        while numbered := await asyncio.to_thread(
+            lambda: list(itertools.islice(records, self.max_batch))
+        ):
             try:
                 await self._write(orphan.instance, numbered[-1][0], [row for _, row in numbered])
             except _Unreachable as exc:
                 raise RuntimeError("the database is unreachable") from exc
+            written += len(numbered)
         orphan.remove()
         await self._sink.forget(orphan.instance)
-        if rows:
-            log.warning(
-                "adopted the ledger journal of a process that died: %d rows written", len(rows)
-            )
+        if written:
+            log.warning("adopted the journal of a process that died: %d rows written", written)
