@@ -75,6 +75,10 @@ def _records(path: Path) -> Iterator[tuple[int, Row]]:
         at += _HEADER.size + length
 
 
+def _lock_path(directory: Path, instance: str) -> Path:
+    return directory / f"{instance}{_LOCK}"
+
+
 def _lock(path: Path) -> int | None:
     """An exclusive lock on the existing file ``path`` (held until its descriptor is closed),
     or None if another process holds it or the file is gone (deleted by whoever adopted the
@@ -114,10 +118,6 @@ class Journal:
     _segments: list[_Segment] = field(default_factory=list)
     _made: int = 0  # segments made so far (the next one's number)
 
-    @property
-    def is_open(self) -> bool:
-        return self._lock_fd is not None
-
     def open(self) -> None:
         """Create and lock the journal's lock file. It is locked under a temporary name and
         then renamed, so no other process ever sees it unlocked (and adopts it)."""
@@ -126,7 +126,7 @@ class Journal:
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            temporary.rename(self.directory / f"{self.instance}{_LOCK}")
+            temporary.rename(_lock_path(self.directory, self.instance))
         except BaseException:
             os.close(fd)
             temporary.unlink(missing_ok=True)
@@ -177,7 +177,7 @@ class Journal:
         self._segments = []
         if self._lock_fd is not None:
             if remove:
-                (self.directory / f"{self.instance}{_LOCK}").unlink(missing_ok=True)
+                _lock_path(self.directory, self.instance).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -201,7 +201,7 @@ class Orphan:
         """Delete the journal (its rows are all in the database), then unlock it."""
         for _, path in _segments(self.directory, self.instance):
             path.unlink(missing_ok=True)
-        (self.directory / f"{self.instance}{_LOCK}").unlink(missing_ok=True)
+        _lock_path(self.directory, self.instance).unlink(missing_ok=True)
         self.release()
 
     def release(self) -> None:

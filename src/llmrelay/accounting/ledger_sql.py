@@ -89,6 +89,8 @@ _MARK = (
     "INSERT INTO ledger_journals (instance, seq) VALUES ({0}, {1}) "
     "ON CONFLICT (instance) DO UPDATE SET seq = excluded.seq"
 )
+_READ_MARK = "SELECT seq FROM ledger_journals WHERE instance = {0}"
+_FORGET_MARK = "DELETE FROM ledger_journals WHERE instance = {0}"
 SQLITE_ROWS_PER_INSERT = 256  # 18 parameters a row: well below SQLite's 32766
 
 
@@ -152,17 +154,13 @@ class SqliteSink:
 
     async def mark(self, instance: str) -> int:
         def read() -> int:
-            found = self.connection.execute(
-                "SELECT seq FROM ledger_journals WHERE instance = ?", (instance,)
-            ).fetchone()
+            found = self.connection.execute(_READ_MARK.format("?"), (instance,)).fetchone()
             return int(found[0]) if found else -1
 
         return await asyncio.to_thread(read)
 
     async def forget(self, instance: str) -> None:
-        await asyncio.to_thread(
-            self.connection.execute, "DELETE FROM ledger_journals WHERE instance = ?", (instance,)
-        )
+        await asyncio.to_thread(self.connection.execute, _FORGET_MARK.format("?"), (instance,))
 
     def close(self) -> None:
         self.connection.close()
@@ -194,14 +192,12 @@ class PostgresSink:
 
     async def mark(self, instance: str) -> int:
         async with self._driver() as driver:
-            found = await driver.fetchval(
-                "SELECT seq FROM ledger_journals WHERE instance = $1", instance
-            )
+            found = await driver.fetchval(_READ_MARK.format("$1"), instance)
             return int(found) if found is not None else -1
 
     async def forget(self, instance: str) -> None:
         async with self._driver() as driver:
-            await driver.execute("DELETE FROM ledger_journals WHERE instance = $1", instance)
+            await driver.execute(_FORGET_MARK.format("$1"), instance)
 
     def close(self) -> None:
         pass

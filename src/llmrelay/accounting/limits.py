@@ -212,6 +212,8 @@ def wait_ms(level: int, need: int, limit: int) -> int:
 
 
 def check_money(amount: Money, name: str = "amount") -> None:
+    if type(amount) is int and amount >= 0:  # the common case first: it is on the hot path
+        return
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise TypeError(f"{name} must be an int of picodollars")
     if amount < 0:

@@ -102,8 +102,7 @@ class MemoryLimiter:
         user_spent: Money,
         now: int = 0,
     ) -> Reservation:
-        if type(amount) is not int or amount < 0:
-            check_money(amount)
+        check_money(amount)
         now = now or self._now()
         key = self._account(self._keys, key_id, key_spent, now)
         user = self._account(self._users, user_id, user_spent, now)
@@ -124,8 +123,7 @@ class MemoryLimiter:
         return reservation
 
     def _settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        if type(actual_cost) is not int or actual_cost < 0:
-            check_money(actual_cost, "actual_cost")
+        check_money(actual_cost, "actual_cost")
         if reservation.settled:
             return
         reservation.settled = True
@@ -148,8 +146,8 @@ class MemoryLimiter:
         if bucket is None:
             bucket = table[key_id] = _Bucket(full, now, limit)
         elif now > bucket.at_ms or limit != bucket.limit:
-            level = bucket.level + max(0, now - bucket.at_ms) * limit
-            bucket.level, bucket.at_ms, bucket.limit = min(level, full), now, limit
+            level = refill(bucket.level, bucket.at_ms, now, limit)
+            bucket.level, bucket.at_ms, bucket.limit = level, now, limit
         return bucket
 
     def _check_rate(
@@ -161,9 +159,8 @@ class MemoryLimiter:
                 self._tokens.pop(key_id, None)
             return _NO_LIMITS
         tokens = max(0, tokens)
-        if rpm == 0 or (tpm is not None and tokens > tpm):
-            error = refused_outright(rpm, tpm, tokens)
-            assert error is not None
+        error = refused_outright(rpm, tpm, tokens)
+        if error is not None:
             raise error
         now = now or self._now()
         requests = self._bucket(self._requests, key_id, rpm, now)

@@ -71,7 +71,7 @@ class PriceBook:
         return time.monotonic() < self._expires
 
     async def get(self, model: str) -> PriceRecord | None:
-        if time.monotonic() >= self._expires:
+        if not self.fresh:
             if self._loading is None or self._loading.done():
                 self._loading = asyncio.get_running_loop().create_task(self._load())
             await asyncio.shield(self._loading)

@@ -86,10 +86,9 @@ class Evalsha:
 
 
 class Batch:
-    __slots__ = ("args", "futures", "groups", "keys", "loop")
+    __slots__ = ("args", "futures", "groups", "keys")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.keys: list[bytes] = []
         self.groups: dict[tuple[bytes, ...], int] = {}  # a group of names → where it begins
         self.args: list[str] = []
@@ -138,7 +137,7 @@ class Batcher:
             self._start(loop)
         batch = self._open
         if batch is None:
-            batch = self._open = Batch(loop)
+            batch = self._open = Batch()
             self._idle.clear()
             self._wake.set()
         batch.args.append(f"{batch.place(key)} {batch.place(user)} {item}")
