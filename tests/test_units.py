@@ -191,3 +191,15 @@ def test_integer_range_matches_exactly_the_range(low: int | None, high: int | No
 def test_integer_range_refuses_an_empty_range() -> None:
     with pytest.raises(ValueError, match="greater than maximum"):
         integer_range(5, 1)
+
+
+def test_grammar_strings_exclude_raw_control_characters() -> None:
+    """A raw newline inside a JSON string is invalid JSON: forced tool arguments and JSON
+    output must not be able to contain one (llama-cpp-python's own rule allowed it)."""
+    from llmrelay.engine.grammar import schema_grammar
+
+    for schema in ({"type": "string"}, {"type": "object"}, {"type": "array"}):
+        rules = dict(
+            line.split(" ::= ", 1) for line in schema_grammar(schema, "x").splitlines() if line
+        )
+        assert rules["char"].startswith(r'[^"\\\x7F\x00-\x1F] | "\\" ')

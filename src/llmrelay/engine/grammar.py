@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+from llama_cpp.llama_grammar import RESERVED_NAMES, BuiltinRule, SchemaConverter
 
 from llmrelay.engine.ranges import integer_range
 from llmrelay.errors import InvalidRequest
@@ -45,8 +45,20 @@ _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 
 
+# A JSON string's character: llama-cpp-python's rule lets raw control characters (a newline)
+# into strings, which makes the output invalid JSON; this is llama.cpp's own rule.
+_JSON_CHAR = BuiltinRule(
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ' + " ".join(["[0-9a-fA-F]"] * 4) + ")",
+    [],
+)
+
+
 class _Converter(SchemaConverter):
-    """llama-cpp-python's converter, plus integer bounds (which it ignores)."""
+    """llama-cpp-python's converter, plus integer bounds (which it ignores) and strings without
+    raw control characters."""
+
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        return str(super()._add_primitive(name, _JSON_CHAR if name == "char" else rule))
 
     def visit(self, schema: Any, name: str) -> str:
         if isinstance(schema, dict) and schema.get("type") == "integer":
