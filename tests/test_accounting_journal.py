@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmrelay.accounting.journal import Journal, orphans
+from llmrelay.accounting.journal import SEGMENT_BYTES, Journal, orphans
 
 
 def _row(i: int) -> tuple[object, ...]:
@@ -33,11 +33,29 @@ def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
         journal.append(i, _row(i))
     journal.close(remove=False)
     [segment] = tmp_path.glob("*.seg")
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-5])  # a power loss in the middle of the last write
+    data = bytearray(segment.read_bytes())
+    end = 0
+    while length := int.from_bytes(data[end : end + 4], "little"):
+        end += 8 + length  # past the header and the payload
+    assert end < len(data) == SEGMENT_BYTES  # the segment's space is allocated up front
+    data[end - 5 : end] = bytes(5)  # a power loss while the last record was on its way out
+    segment.write_bytes(data)
     [orphan] = orphans(tmp_path)
     assert [seq for seq, _ in orphan.rows(after=-1)] == [0, 1]
     orphan.release()
+
+
+def test_a_record_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=200)
+    journal.open()
+    big = ("x" * 1000, *_row(1)[1:])
+    for i, row in enumerate((_row(0), big, _row(2))):
+        journal.append(i, row)
+    assert len(list(tmp_path.glob("*.seg"))) == 3
+    journal.close(remove=False)
+    [orphan] = orphans(tmp_path)
+    assert list(orphan.rows(after=-1)) == [(0, _row(0)), (1, big), (2, _row(2))]
+    orphan.remove()
 
 
 def test_segments_rotate_and_committed_ones_are_deleted(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from llmrelay.accounting.money import Money
@@ -54,8 +54,8 @@ class _Ids:
         return f"{self.tag}{next(self.count):x}"
 
 
-_reservation_id = _Ids()
-os.register_at_fork(after_in_child=_reservation_id.reset)
+new_reservation_id = _Ids()
+os.register_at_fork(after_in_child=new_reservation_id.reset)
 
 
 WINDOW_MS = 60_000  # a bucket holds one minute's allowance
@@ -64,14 +64,14 @@ STATE_TTL = 3600.0  # seconds idle budget state is kept
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # equal only to itself: it keys the in-memory holds
 class Reservation:
     """Money held for one request until :meth:`Limiter.settle`."""
 
     key_id: int
     user_id: int
     amount: Money
-    id: str = field(default_factory=_reservation_id)
+    id: str = ""  # unique where the state is shared (Redis): see new_reservation_id
     settled: bool = False
 
     @property
@@ -92,25 +92,37 @@ class RateStatus:
     tpm: int | None = None
     tokens_level: int = 0
 
-    def headers(self) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as a response sends them (lower-case names, latin-1 values)."""
+        found: list[tuple[bytes, bytes]] = []
         if self.rpm is not None:
             _describe(found, _REQUEST_HEADERS, self.rpm, self.requests_level)
         if self.tpm is not None:
             _describe(found, _TOKEN_HEADERS, self.tpm, self.tokens_level)
         return found
 
+    def headers(self) -> dict[str, str]:
+        return {name.decode(): value.decode() for name, value in self.raw_headers()}
+
 
 _REQUEST_HEADERS, _TOKEN_HEADERS = (
-    tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset"))
+    tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
     for kind in ("requests", "tokens")
 )
 
 
-def _describe(found: dict[str, str], names: tuple[str, ...], limit: int, level: int) -> None:
-    found[names[0]] = str(limit)
-    found[names[1]] = str(level // WINDOW_MS) if level > 0 else "0"
-    found[names[2]] = duration_text(_time_to_full(level, limit))
+def _describe(
+    found: list[tuple[bytes, bytes]], names: tuple[bytes, ...], limit: int, level: int
+) -> None:
+    # On every metered response: plain arithmetic, no helper calls for the common case.
+    full = limit * WINDOW_MS
+    to_full = -((level - full) // limit) if limit else 0  # ms, rounded up
+    reset = b"%dms" % to_full if 0 <= to_full < 1000 else duration_text(to_full).encode()
+    found += (
+        (names[0], b"%d" % limit),
+        (names[1], b"%d" % (level // WINDOW_MS) if level > 0 else b"0"),
+        (names[2], reset),
+    )
 
 
 class Limiter(Protocol):
@@ -160,6 +172,23 @@ class Limiter(Protocol):
         limits reserves nothing; one refused for money still counts against its rate limits."""
         ...
 
+    def admit_now(
+        self,
+        key_id: int,
+        user_id: int,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> tuple[RateStatus, Reservation | None] | None:
+        """:meth:`admit` at once, where the state is in this process; None where it is not
+        (the caller then awaits :meth:`admit`). It saves a coroutine on every request."""
+        ...
+
     async def add_tokens(self, key_id: int, delta: int) -> None:
         """Correct the token estimate of a request by ``delta`` (actual − estimate)."""
         ...
@@ -195,10 +224,6 @@ def duration_text(ms: int) -> str:
     minutes, rest = divmod(ms, 60_000)
     seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
-
-
-def _time_to_full(level: int, limit: int) -> int:
-    return max(0, math.ceil((limit * WINDOW_MS - level) / limit)) if limit else 0
 
 
 def refill(level: int, at_ms: int, now_ms: int, limit: int) -> int:

@@ -1,12 +1,17 @@
 """The in-process :class:`~llmrelay.accounting.limits.Limiter`: the state in this process's
 memory, for a single process per database. The rules are those of ``limits.py``; each call is
-atomic because it never awaits between its check and its update."""
+atomic because it never awaits between its check and its update.
+
+Every metered request runs :meth:`MemoryLimiter.admit_now` and :meth:`MemoryLimiter.finish_soon`
+on the event loop, so they are written as plain arithmetic with few calls: in CPython a call, a
+``min()`` or an object costs more than the sums themselves.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmrelay.accounting.limits import (
     RESERVATION_TTL,
@@ -18,11 +23,11 @@ from llmrelay.accounting.limits import (
     check_money,
     quota_error,
     rate_error,
-    refill,
     refused_outright,
     wait_ms,
 )
 from llmrelay.accounting.money import Money
+from llmrelay.errors import RateLimited
 
 
 @dataclass(slots=True)
@@ -30,23 +35,10 @@ class _Account:
     spent: Money
     touched_ms: int
     reserved: Money = 0
-    holds: dict[str, tuple[Money, int]] = field(default_factory=dict)  # member → amount, end
-    next_lapse_ms: float = math.inf
+    holding: int = 0  # reservations not settled yet
 
-    def lapse(self, now_ms: int) -> None:
-        """Drop reservations past their deadline."""
-        if now_ms < self.next_lapse_ms:
-            return
-        for member, (amount, deadline) in list(self.holds.items()):
-            if deadline <= now_ms:
-                del self.holds[member]
-                self.reserved = max(0, self.reserved - amount)
-        self.next_lapse_ms = min((d for _, d in self.holds.values()), default=math.inf)
 
-    def release(self, member: str) -> None:
-        hold = self.holds.pop(member, None)
-        if hold is not None:
-            self.reserved = max(0, self.reserved - hold[0])
+_Hold = tuple[_Account, _Account, int]  # the key's and the user's accounts, the deadline
 
 
 @dataclass(slots=True)
@@ -57,7 +49,12 @@ class _Bucket:
 
 
 class MemoryLimiter:
-    """The limiter for one process. Every method runs to completion without awaiting."""
+    """The limiter for one process. Every method runs to completion without awaiting.
+
+    Reservations not settled yet are held in one dict in the order they were made, which is
+    also the order of their deadlines (they all last ``reservation_ttl``), so what lapsed is
+    always at its front.
+    """
 
     def __init__(
         self,
@@ -71,25 +68,37 @@ class MemoryLimiter:
         self._state_ms = int(state_ttl * 1000)
         self._keys: dict[int, _Account] = {}
         self._users: dict[int, _Account] = {}
+        self._holds: dict[Reservation, _Hold] = {}
+        self._next_lapse_ms: float = math.inf
         self._requests: dict[int, _Bucket] = {}  # per key: its RPM bucket
         self._tokens: dict[int, _Bucket] = {}  # per key: its TPM bucket
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
+    # -- money ----------------------------------------------------------------------------
+
+    def _lapse(self, now: int) -> None:
+        """Release the reservations past their deadline."""
+        for reservation, (key, user, deadline) in list(self._holds.items()):
+            if deadline > now:
+                self._next_lapse_ms = deadline
+                return
+            del self._holds[reservation]
+            for account in (key, user):
+                account.reserved -= reservation.amount
+                account.holding -= 1
+        self._next_lapse_ms = math.inf
+
     def _account(self, table: dict[int, _Account], ident: int, spent: Money, now: int) -> _Account:
         account = table.get(ident)
-        if account is not None:
-            account.lapse(now)
-            if not account.holds and now - account.touched_ms > self._state_ms:
-                account = None  # idle: learn the spend afresh
-        if account is None:
-            account = table[ident] = _Account(spent=spent, touched_ms=now)
-        account.spent = max(account.spent, spent)
+        if account is None or (not account.holding and now - account.touched_ms > self._state_ms):
+            account = table[ident] = _Account(spent, now)  # new, or idle: learn the spend afresh
+            return account
+        if spent > account.spent:
+            account.spent = spent
         account.touched_ms = now
         return account
-
-    # The async methods of the protocol run these synchronously: nothing here ever waits.
 
     def _reserve(
         self,
@@ -102,8 +111,11 @@ class MemoryLimiter:
         user_spent: Money,
         now: int = 0,
     ) -> Reservation:
-        check_money(amount)
+        if type(amount) is not int or amount < 0:
+            check_money(amount)
         now = now or self._now()
+        if now >= self._next_lapse_ms:
+            self._lapse(now)
         key = self._account(self._keys, key_id, key_spent, now)
         user = self._account(self._users, user_id, user_spent, now)
         if key_credit is not None and key.spent + key.reserved + amount > key_credit:
@@ -113,41 +125,56 @@ class MemoryLimiter:
         ):
             raise quota_error("user")
         reservation = Reservation(key_id, user_id, amount)
-        hold = (amount, now + self._reservation_ms)
-        member = reservation.id  # unique: the amount need not be part of it here
-        for account in (key, user):
-            account.reserved += amount
-            account.holds[member] = hold
-            if hold[1] < account.next_lapse_ms:
-                account.next_lapse_ms = hold[1]
+        deadline = now + self._reservation_ms
+        self._holds[reservation] = (key, user, deadline)
+        if deadline < self._next_lapse_ms:
+            self._next_lapse_ms = deadline
+        key.reserved += amount
+        key.holding += 1
+        user.reserved += amount
+        user.holding += 1
         return reservation
 
     def _settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        check_money(actual_cost, "actual_cost")
+        if type(actual_cost) is not int or actual_cost < 0:
+            check_money(actual_cost, "actual_cost")
         if reservation.settled:
             return
         reservation.settled = True
-        member = reservation.id
-        for table, ident in ((self._keys, reservation.key_id), (self._users, reservation.user_id)):
-            account = table.get(ident)
-            if account is not None:
-                account.release(member)
-                account.spent += actual_cost
+        hold = self._holds.pop(reservation, None)
+        if hold is None:  # it lapsed: the cost counts all the same
+            for account in (
+                self._keys.get(reservation.key_id),
+                self._users.get(reservation.user_id),
+            ):
+                if account is not None:
+                    account.spent += actual_cost
+            return
+        key, user, _ = hold
+        amount = reservation.amount
+        key.reserved -= amount
+        key.holding -= 1
+        key.spent += actual_cost
+        user.reserved -= amount
+        user.holding -= 1
+        user.spent += actual_cost
 
-    def _bucket(
-        self, table: dict[int, _Bucket], key_id: int, limit: int | None, now: int
-    ) -> _Bucket | None:
-        if limit is None:
-            if table:
-                table.pop(key_id, None)
-            return None
-        full = limit * WINDOW_MS
+    # -- rates ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _bucket(table: dict[int, _Bucket], key_id: int, limit: int, now: int) -> _Bucket:
+        """The key's bucket, refilled up to ``now`` (it gains ``limit`` units per ms)."""
         bucket = table.get(key_id)
         if bucket is None:
-            bucket = table[key_id] = _Bucket(full, now, limit)
+            bucket = table[key_id] = _Bucket(limit * WINDOW_MS, now, limit)
         elif now > bucket.at_ms or limit != bucket.limit:
-            level = refill(bucket.level, bucket.at_ms, now, limit)
-            bucket.level, bucket.at_ms, bucket.limit = level, now, limit
+            level = bucket.level
+            if now > bucket.at_ms:
+                level += (now - bucket.at_ms) * limit
+            full = limit * WINDOW_MS
+            bucket.level = level if level < full else full
+            bucket.at_ms = now
+            bucket.limit = limit
         return bucket
 
     def _check_rate(
@@ -158,37 +185,51 @@ class MemoryLimiter:
                 self._requests.pop(key_id, None)
                 self._tokens.pop(key_id, None)
             return _NO_LIMITS
-        tokens = max(0, tokens)
-        error = refused_outright(rpm, tpm, tokens)
-        if error is not None:
-            raise error
+        if tokens < 0:
+            tokens = 0
+        if rpm == 0 or (tpm is not None and tokens > tpm):
+            raise refused_outright(rpm, tpm, tokens) or AssertionError("not refused")
         now = now or self._now()
-        requests = self._bucket(self._requests, key_id, rpm, now)
-        token_bucket = self._bucket(self._tokens, key_id, tpm, now)
         need = tokens * WINDOW_MS
-        request_wait = token_wait = 0
-        if requests is not None and requests.level < WINDOW_MS:
-            request_wait = wait_ms(requests.level, WINDOW_MS, requests.limit)
-        if token_bucket is not None and token_bucket.level < need:
-            token_wait = wait_ms(token_bucket.level, need, token_bucket.limit)
-        if request_wait or token_wait:
-            short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
-            status = _status(rpm, requests, tpm, token_bucket)
-            raise rate_error(status, max(request_wait, token_wait), short)
+        requests = token_bucket = None
+        if rpm is not None:
+            requests = self._bucket(self._requests, key_id, rpm, now)
+        elif self._requests:
+            self._requests.pop(key_id, None)
+        if tpm is not None:
+            token_bucket = self._bucket(self._tokens, key_id, tpm, now)
+        elif self._tokens:
+            self._tokens.pop(key_id, None)
+        if (requests is not None and requests.level < WINDOW_MS) or (
+            token_bucket is not None and token_bucket.level < need
+        ):
+            raise _refusal(rpm, requests, tpm, token_bucket, need)
+        requests_level = tokens_level = 0
         if requests is not None:
-            requests.level -= WINDOW_MS
+            requests_level = requests.level = requests.level - WINDOW_MS
         if token_bucket is not None:
-            token_bucket.level -= need
-        return _status(rpm, requests, tpm, token_bucket)
+            tokens_level = token_bucket.level = token_bucket.level - need
+        return RateStatus(rpm, requests_level, tpm, tokens_level)
 
     def _add_tokens(self, key_id: int, delta: int) -> None:
-        bucket = self._tokens.get(key_id)
-        if bucket is None or delta == 0:
+        if not delta:
             return
-        now = self._now()
-        cap = bucket.limit * WINDOW_MS
-        level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
-        bucket.level, bucket.at_ms = max(-cap, min(cap, level)), now
+        bucket = self._tokens.get(key_id)
+        if bucket is None:
+            return
+        now = int(self._clock() * 1000)
+        limit = bucket.limit
+        full = limit * WINDOW_MS
+        level = bucket.level
+        if now > bucket.at_ms:
+            level += (now - bucket.at_ms) * limit
+            if level > full:
+                level = full
+        level -= delta * WINDOW_MS
+        bucket.level = full if level > full else -full if level < -full else level
+        bucket.at_ms = now
+
+    # -- the protocol: the async methods run the synchronous ones -------------------------
 
     async def reserve(
         self,
@@ -213,6 +254,28 @@ class MemoryLimiter:
     ) -> RateStatus:
         return self._check_rate(key_id, rpm, tpm, tokens)
 
+    def admit_now(
+        self,
+        key_id: int,
+        user_id: int,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> tuple[RateStatus, Reservation | None]:
+        now = int(self._clock() * 1000)
+        status = self._check_rate(key_id, rpm, tpm, tokens, now)
+        if amount is None:
+            return status, None
+        reservation = self._reserve(
+            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
+        )
+        return status, reservation
+
     async def admit(
         self,
         key_id: int,
@@ -227,14 +290,18 @@ class MemoryLimiter:
         user_balance: Money | None,
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None]:
-        now = self._now()
-        status = self._check_rate(key_id, rpm, tpm, tokens, now)
-        if amount is None:
-            return status, None
-        reservation = self._reserve(
-            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
+        return self.admit_now(
+            key_id,
+            user_id,
+            rpm,
+            tpm,
+            tokens,
+            amount,
+            key_credit,
+            key_spent,
+            user_balance,
+            user_spent,
         )
-        return status, reservation
 
     async def add_tokens(self, key_id: int, delta: int) -> None:
         self._add_tokens(key_id, delta)
@@ -249,7 +316,8 @@ class MemoryLimiter:
     ) -> None:
         if reservation is not None:
             self._settle(reservation, actual_cost)
-        self._add_tokens(key_id, token_delta)
+        if token_delta:
+            self._add_tokens(key_id, token_delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Re-learn spend from the next snapshot; outstanding reservations stay held."""
@@ -261,6 +329,8 @@ class MemoryLimiter:
     async def close(self) -> None:
         self._keys.clear()
         self._users.clear()
+        self._holds.clear()
+        self._next_lapse_ms = math.inf
         self._requests.clear()
         self._tokens.clear()
 
@@ -277,3 +347,16 @@ def _status(
         tpm=tpm,
         tokens_level=tokens.level if tokens is not None else 0,
     )
+
+
+def _refusal(
+    rpm: int | None, requests: _Bucket | None, tpm: int | None, tokens: _Bucket | None, need: int
+) -> RateLimited:
+    """The 429 of a request its buckets do not hold enough for."""
+    request_wait = token_wait = 0
+    if requests is not None and requests.level < WINDOW_MS:
+        request_wait = wait_ms(requests.level, WINDOW_MS, requests.limit)
+    if tokens is not None and tokens.level < need:
+        token_wait = wait_ms(tokens.level, need, tokens.limit)
+    short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
+    return rate_error(_status(rpm, requests, tpm, tokens), max(request_wait, token_wait), short)

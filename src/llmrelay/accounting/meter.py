@@ -105,18 +105,33 @@ class Accounts:
         amount = None
         if key.credit_pusd is not None or key.user_balance_pusd is not None:
             amount = worst_case(price, prompt_tokens=prompt, max_tokens=output)
-        meter.rate, meter.reservation = await self.limiter.admit(
+        limiter = self.limiter
+        admitted = limiter.admit_now(
             key.id,
             key.user_id,
-            rpm=key.rpm,
-            tpm=key.tpm,
-            tokens=meter.tokens,
-            amount=amount,
-            key_credit=key.credit_pusd,
-            key_spent=key.spent_pusd,
-            user_balance=key.user_balance_pusd,
-            user_spent=key.user_spent_pusd,
+            key.rpm,
+            key.tpm,
+            meter.tokens,
+            amount,
+            key.credit_pusd,
+            key.spent_pusd,
+            key.user_balance_pusd,
+            key.user_spent_pusd,
         )
+        if admitted is None:
+            admitted = await limiter.admit(
+                key.id,
+                key.user_id,
+                rpm=key.rpm,
+                tpm=key.tpm,
+                tokens=meter.tokens,
+                amount=amount,
+                key_credit=key.credit_pusd,
+                key_spent=key.spent_pusd,
+                user_balance=key.user_balance_pusd,
+                user_spent=key.user_spent_pusd,
+            )
+        meter.rate, meter.reservation = admitted
         return meter
 
 
@@ -137,8 +152,9 @@ class Meter:
     first_chunk: float = 0.0  # perf_counter() when a stream's first chunk was ready
     closed: bool = False
 
-    def headers(self) -> dict[str, str]:
-        return self.rate.headers() if self.rate is not None else {}
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response's ``x-ratelimit-*`` headers, as raw (name, value) pairs."""
+        return self.rate.raw_headers() if self.rate is not None else []
 
     def answered_by(self, channel: str) -> None:
         self.channel = channel

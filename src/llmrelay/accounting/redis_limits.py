@@ -58,6 +58,7 @@ from llmrelay.accounting.limits import (
     RateStatus,
     Reservation,
     check_money,
+    new_reservation_id,
     quota_error,
     rate_error,
     refused_outright,
@@ -190,6 +191,21 @@ class RedisLimiter:
             raise quota_error("key" if money_short == 1 else "user")
         return status
 
+    def admit_now(
+        self,
+        key_id: int,
+        user_id: int,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        amount: Money | None,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> None:
+        return None  # the state is in Redis: admission takes a round trip
+
     async def admit(
         self,
         key_id: int,
@@ -213,7 +229,7 @@ class RedisLimiter:
         reservation = None
         if amount is not None:
             check_money(amount)
-            reservation = Reservation(key_id, user_id, amount)
+            reservation = Reservation(key_id, user_id, amount, new_reservation_id())
         status = await self._admit(
             key_id,
             user_id,
@@ -238,7 +254,7 @@ class RedisLimiter:
         user_spent: Money,
     ) -> Reservation:
         check_money(amount)
-        reservation = Reservation(key_id, user_id, amount)
+        reservation = Reservation(key_id, user_id, amount, new_reservation_id())
         await self._admit(
             key_id, user_id, None, reservation, key_credit, key_spent, user_balance, user_spent
         )

@@ -58,7 +58,7 @@ async def answer(request: Request, ctx: AppContext, key: KeyRecord, body: Any) -
             model=info.id,
             logprobs=chat.logprobs,
         ),
-        headers=meter.headers(),
+        raw_headers=meter.headers(),
     )
 
 

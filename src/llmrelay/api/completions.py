@@ -50,7 +50,7 @@ async def completions(request: Request) -> Response:
             model=info.id,
             prefix=req.raw_prompt if req.echo and req.raw_prompt else "",
         ),
-        headers=meter.headers(),
+        raw_headers=meter.headers(),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -24,6 +24,18 @@ T = TypeVar("T")
 
 class JSONResponse(Response):
     media_type = "application/json"
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        *,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(content, status_code, headers)
+        if raw_headers:  # already encoded (a metered answer's rate-limit headers)
+            self.raw_headers += raw_headers
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
@@ -114,7 +126,7 @@ class StreamMeter(Protocol):
 
     closed: bool  # already ended (or accounting is off): nothing left to account
 
-    def headers(self) -> dict[str, str]: ...
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
 
     def finished(
         self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
@@ -152,7 +164,7 @@ class SSEResponse(Response):
             (b"x-accel-buffering", b"no"),
         ]
         if meter is not None:
-            self.raw_headers += [(k.encode(), v.encode()) for k, v in meter.headers().items()]
+            self.raw_headers += meter.headers()
         self.renderer = renderer
         self.stream = stream
         self.meter = meter if meter is not None and not meter.closed else None
