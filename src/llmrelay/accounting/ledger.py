@@ -135,7 +135,7 @@ class LedgerWriter:
             raise ValueError("max_batch must be at least 1 and max_delay not negative")
         self.db = db
         self.journal = Journal(journal_dir)
-        self._clock = _Clock()
+        self.now = _Clock()  # the time now, as rows record it
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.adopt_every = adopt_every
@@ -209,15 +209,19 @@ class LedgerWriter:
         """Journal ``row`` and queue it for the database. Once this returns, the row survives
         the death of the process; raises :class:`~llmrelay.errors.ServiceUnavailable` if the
         journal could not be written (the caller must not send the response as complete)."""
+        at = row[-1]
+        self.append((*row[:-1], self.now() if at is None else _sqlite_time(at)))
+
+    def append(self, record: Record) -> None:
+        """:meth:`record` for a plain tuple of :data:`FIELDS`' values, ``created_at`` as
+        :meth:`now` gives it: what the request path uses, with no conversion per row."""
         if not self.running:
             raise RuntimeError("the ledger writer is not running")
-        at = row[-1]
-        record = (*row[:-1], self._clock() if at is None else _sqlite_time(at))
         try:
             self.journal.append(self._seq + 1, record)
         except OSError as exc:
             self.failed += 1
-            log.error("ledger journal write failed for request %s: %s", row.request_id, exc)
+            log.error("ledger journal write failed for request %s: %s", record[0], exc)
             raise ServiceUnavailable(
                 "The request could not be recorded (the server cannot write its journal); "
                 "retry shortly."

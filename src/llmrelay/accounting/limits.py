@@ -96,9 +96,9 @@ class RateStatus:
         """The headers as a response sends them (lower-case names, latin-1 values)."""
         found: list[tuple[bytes, bytes]] = []
         if self.rpm is not None:
-            _describe(found, _REQUEST_HEADERS, self.rpm, self.requests_level)
+            found += _describe(_REQUEST_HEADERS, self.rpm, self.requests_level)
         if self.tpm is not None:
-            _describe(found, _TOKEN_HEADERS, self.tpm, self.tokens_level)
+            found += _describe(_TOKEN_HEADERS, self.tpm, self.tokens_level)
         return found
 
     def headers(self) -> dict[str, str]:
@@ -106,22 +106,20 @@ class RateStatus:
 
 
 _REQUEST_HEADERS, _TOKEN_HEADERS = (
-    tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
-    for kind in ("requests", "tokens")
+    (b"x-ratelimit-limit-" + kind, b"x-ratelimit-remaining-" + kind, b"x-ratelimit-reset-" + kind)
+    for kind in (b"requests", b"tokens")
 )
 
 
 def _describe(
-    found: list[tuple[bytes, bytes]], names: tuple[bytes, ...], limit: int, level: int
-) -> None:
+    names: tuple[bytes, bytes, bytes], limit: int, level: int
+) -> tuple[tuple[bytes, bytes], ...]:
     # On every metered response: plain arithmetic, no helper calls for the common case.
-    full = limit * WINDOW_MS
-    to_full = -((level - full) // limit) if limit else 0  # ms, rounded up
-    reset = b"%dms" % to_full if 0 <= to_full < 1000 else duration_text(to_full).encode()
-    found += (
+    to_full = -((level - limit * WINDOW_MS) // limit) if limit else 0  # ms, rounded up
+    return (
         (names[0], b"%d" % limit),
         (names[1], b"%d" % (level // WINDOW_MS) if level > 0 else b"0"),
-        (names[2], reset),
+        (names[2], b"%dms" % to_full if 0 <= to_full < 1000 else duration_text(to_full).encode()),
     )
 
 

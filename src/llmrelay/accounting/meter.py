@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
+from llmrelay.accounting.ledger import LedgerWriter
+from llmrelay.accounting.ledger_sql import Record
 from llmrelay.accounting.limits import Limiter, RateStatus, Reservation
 from llmrelay.accounting.money import Money
 from llmrelay.accounting.pricing import usage_cost, worst_case
@@ -167,7 +168,8 @@ class Meter:
         prompt = self.request.raw_prompt or "\n".join(m.text() for m in self.request.messages)
         return Usage(estimate(prompt), estimate("".join(generated)), estimated=True)
 
-    def _row(self, usage: Usage | None, status: int, error: str | None) -> tuple[LedgerRow, Money]:
+    def _row(self, usage: Usage | None, status: int, error: str | None) -> tuple[Record, Money]:
+        """The ledger row (the values of ``LedgerRow``, in its order) and the cost."""
         elapsed = time.perf_counter() - self.started
         ttft = round((self.first_chunk - self.started) * 1000) if self.first_chunk else None
         if usage is None:
@@ -175,7 +177,7 @@ class Meter:
         else:
             cost = usage_cost(self.price, usage)
         key, request = self.key, self.request
-        row = LedgerRow(  # by position: a named tuple's keywords cost more than its fields
+        row = (
             self.request_id,
             request.model,
             status,
@@ -186,13 +188,14 @@ class Meter:
             usage.cached_tokens,
             usage.completion_tokens,
             usage.reasoning_tokens,
-            0,
+            0,  # search calls
             usage.estimated,
             request.stream,
             cost,
             round(elapsed * 1000),
             ttft,
             error,
+            self.accounts.ledger.now(),
         )
         return row, cost
 
@@ -213,7 +216,7 @@ class Meter:
         self.closed = True
         row, cost = self._row(usage, status, error)
         self._settle(usage, cost)
-        self.accounts.ledger.record(row)
+        self.accounts.ledger.append(row)
 
     def close_later(self, usage: Usage | None, *, status: int, error: str | None) -> None:
         """Settle and record, never raising (the client left, or the request failed): safe to
@@ -224,7 +227,7 @@ class Meter:
         row, cost = self._row(usage, status, error)
         self._settle(usage, cost)
         try:
-            self.accounts.ledger.record(row)
+            self.accounts.ledger.append(row)
         except Exception:
             log.exception("ledger row of request %s not recorded", self.request_id)
 
