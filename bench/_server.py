@@ -31,8 +31,15 @@ def running_server(
     *,
     extra_env: dict[str, str] | None = None,
     pids: list[int] | None = None,
+    wrapper: tuple[str, ...] = (),
+    module: str = "llmrelay",
+    patience: float = 120,
 ) -> Iterator[str]:
-    """A llmrelay server on a free port; yields its URL (and appends its pid to ``pids``)."""
+    """A llmrelay server on a free port; yields its URL (and appends its pid to ``pids``).
+
+    ``wrapper`` goes before the command (a profiler), ``module`` is what ``python -m`` runs, and
+    ``patience`` is how many seconds starting and stopping may take.
+    """
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
@@ -40,9 +47,10 @@ def running_server(
         env = {**os.environ, "LLMRELAY_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
         process = subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
-                "llmrelay",
+                module,
                 "serve",
                 "--port",
                 str(port),
@@ -61,7 +69,7 @@ def running_server(
         if pids is not None:
             pids.append(process.pid)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + patience
             while time.monotonic() < deadline:
                 try:
                     if httpx.get(url + "/readyz", timeout=1).status_code == 200:
@@ -74,4 +82,4 @@ def running_server(
             yield url
         finally:
             process.terminate()
-            process.wait(timeout=20)
+            process.wait(timeout=max(20, patience))

@@ -329,6 +329,30 @@ def test_an_abandoned_reservation_lapses(backend: Backend) -> None:
     run(work())
 
 
+def test_reservations_lapse_in_the_order_they_were_made(backend: Backend) -> None:
+    backend.reservation_ttl = 600
+
+    async def work() -> None:
+        limiter = backend.make()
+        first = await _reserve(limiter, 1, 10, key_credit=100)
+        backend.clock.advance(100)
+        second = await _reserve(limiter, 1, 20, key_credit=100)
+        backend.clock.advance(100)
+        third = await _reserve(limiter, 1, 30, key_credit=100)
+        assert first is not None and second is not None and third is not None
+        await limiter.settle(second, 20)  # 20 spent; 10 and 30 still held
+        assert await _reserve(limiter, 1, 41, key_credit=100) is None
+        backend.clock.advance(450)  # the first is past its deadline, the third is not
+        assert await _reserve(limiter, 1, 51, key_credit=100) is None
+        held = await _reserve(limiter, 1, 50, key_credit=100)
+        assert held is not None
+        await limiter.settle(first, 10)  # lapsed, but what it cost still counts
+        assert await _reserve(limiter, 1, 1, key_credit=100) is None  # 30 spent, 80 held
+        await limiter.close()
+
+    run(work())
+
+
 def test_the_quota_error_is_openais(backend: Backend) -> None:
     async def work() -> None:
         limiter = backend.make()
@@ -394,6 +418,31 @@ def test_admit_checks_the_rate_then_reserves(backend: Backend) -> None:
         await limiter.finish(held, 10, 1, 0)
         assert await _reserve(limiter, 1, 51, key_credit=100) is None  # 10 spent, 40 held
         assert await _reserve(limiter, 1, 50, key_credit=100) is not None
+        await limiter.close()
+
+    run(work())
+
+
+def test_admit_now_admits_without_a_coroutine_where_the_state_is_in_process(
+    backend: Backend,
+) -> None:
+    async def work() -> None:
+        limiter = backend.make()
+        # key 1 of user 1: RPM 3, one token, 60 of a credit of 100
+        args = (1, 1, 3, None, 1, 60, 100, 0, None, 0)
+        admitted = limiter.admit_now(*args)
+        if backend.kind == "redis":
+            assert admitted is None  # a round trip: the caller awaits admit()
+        else:
+            assert admitted is not None
+            status, held = admitted
+            assert held is not None and held.amount == 60
+            assert status.headers()["x-ratelimit-remaining-requests"] == "2"
+            for _ in range(2):  # 60 more would pass the credit; each still counts as a request
+                with pytest.raises(InsufficientQuota):
+                    limiter.admit_now(*args)
+            with pytest.raises(RateLimited):
+                limiter.admit_now(*args)  # the RPM's three requests are used
         await limiter.close()
 
     run(work())

@@ -1,0 +1,16 @@
+"""``llmrelay`` for :mod:`bench.instructions`: the same server, with its periodic work spread
+over as many requests as it is at full speed.
+
+Under valgrind the server answers about a hundred requests a second instead of thousands, so
+work done per batch or per second would weigh fifty times more on each request than it does in
+production: the ledger commits a batch every 5 s instead of every 100 ms (about as many rows a
+batch as at full speed) and prices are reloaded every 10 minutes instead of every 2 s.
+"""
+
+from llmrelay.accounting import ledger, meter
+from llmrelay.cli import main
+
+ledger.LedgerWriter.__init__.__kwdefaults__["max_delay"] = 5.0
+meter.PriceBook.__init__.__defaults__ = (600.0,)
+
+raise SystemExit(main())
