@@ -155,7 +155,6 @@ class Limiter(Protocol):
         self,
         key_id: int,
         user_id: int,
-        *,
         rpm: int | None,
         tpm: int | None,
         tokens: int,
@@ -184,7 +183,8 @@ class Limiter(Protocol):
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None] | None:
         """:meth:`admit` at once, where the state is in this process; None where it is not
-        (the caller then awaits :meth:`admit`). It saves a coroutine on every request."""
+        (the caller then awaits :meth:`admit` with the same arguments). It saves a coroutine
+        on every request."""
         ...
 
     async def add_tokens(self, key_id: int, delta: int) -> None:
@@ -225,8 +225,12 @@ def duration_text(ms: int) -> str:
 
 
 def refill(level: int, at_ms: int, now_ms: int, limit: int) -> int:
-    """A bucket's level at ``now_ms``: it gains ``limit`` units per ms, up to one minute's."""
-    return min(limit * WINDOW_MS, level + max(0, now_ms - at_ms) * limit)
+    """A bucket's level at ``now_ms``: it gains ``limit`` units per ms, up to one minute's.
+    (Comparisons, not ``min``/``max``: it runs twice for every metered request.)"""
+    if now_ms > at_ms:
+        level += (now_ms - at_ms) * limit
+    full = limit * WINDOW_MS
+    return level if level < full else full
 
 
 def wait_ms(level: int, need: int, limit: int) -> int:

@@ -23,6 +23,7 @@ from llmrelay.accounting.limits import (
     check_money,
     quota_error,
     rate_error,
+    refill,
     refused_outright,
     wait_ms,
 )
@@ -168,11 +169,7 @@ class MemoryLimiter:
         if bucket is None:
             bucket = table[key_id] = _Bucket(limit * WINDOW_MS, now, limit)
         elif now > bucket.at_ms or limit != bucket.limit:
-            level = bucket.level
-            if now > bucket.at_ms:
-                level += (now - bucket.at_ms) * limit
-            full = limit * WINDOW_MS
-            bucket.level = level if level < full else full
+            bucket.level = refill(bucket.level, bucket.at_ms, now, limit)
             bucket.at_ms = now
             bucket.limit = limit
         return bucket
@@ -218,14 +215,8 @@ class MemoryLimiter:
         if bucket is None:
             return
         now = int(self._clock() * 1000)
-        limit = bucket.limit
-        full = limit * WINDOW_MS
-        level = bucket.level
-        if now > bucket.at_ms:
-            level += (now - bucket.at_ms) * limit
-            if level > full:
-                level = full
-        level -= delta * WINDOW_MS
+        full = bucket.limit * WINDOW_MS
+        level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
         bucket.level = full if level > full else -full if level < -full else level
         bucket.at_ms = now
 
@@ -280,7 +271,6 @@ class MemoryLimiter:
         self,
         key_id: int,
         user_id: int,
-        *,
         rpm: int | None,
         tpm: int | None,
         tokens: int,

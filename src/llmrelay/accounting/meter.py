@@ -106,8 +106,7 @@ class Accounts:
         amount = None
         if key.credit_pusd is not None or key.user_balance_pusd is not None:
             amount = worst_case(price, prompt_tokens=prompt, max_tokens=output)
-        limiter = self.limiter
-        admitted = limiter.admit_now(
+        limits = (
             key.id,
             key.user_id,
             key.rpm,
@@ -119,19 +118,9 @@ class Accounts:
             key.user_balance_pusd,
             key.user_spent_pusd,
         )
-        if admitted is None:
-            admitted = await limiter.admit(
-                key.id,
-                key.user_id,
-                rpm=key.rpm,
-                tpm=key.tpm,
-                tokens=meter.tokens,
-                amount=amount,
-                key_credit=key.credit_pusd,
-                key_spent=key.spent_pusd,
-                user_balance=key.user_balance_pusd,
-                user_spent=key.user_spent_pusd,
-            )
+        admitted = self.limiter.admit_now(*limits)
+        if admitted is None:  # the limiter's state is elsewhere (Redis): a round trip
+            admitted = await self.limiter.admit(*limits)
         meter.rate, meter.reservation = admitted
         return meter
 

@@ -165,22 +165,15 @@ def worst_case(
     tokens the request allows (its ``max_tokens``/``max_completion_tokens``, else what the
     model's context leaves), ``max_searches`` the most web-search calls it may make.
     """
-    if (  # the common case in one test, without calls: it runs for every metered request
-        type(prompt_tokens) is not int
-        or type(max_tokens) is not int
-        or type(max_searches) is not int
-        or prompt_tokens < 0
-        or max_tokens < 0
-        or max_searches < 0
-    ):
+    if not _counts_ok(prompt_tokens, max_tokens, max_searches):
         _check_counts(prompt_tokens=prompt_tokens, max_tokens=max_tokens, max_searches=max_searches)
     if price is None:
         return 0
-    per_input = price.input_pusd
-    if price.cached_input_pusd is not None and price.cached_input_pusd > per_input:
-        per_input = price.cached_input_pusd
-    per_output = price.output_pusd
-    if price.reasoning_pusd is not None and price.reasoning_pusd > per_output:
-        per_output = price.reasoning_pusd
+    per_input = cached_input_price(price)
+    if price.input_pusd > per_input:
+        per_input = price.input_pusd
+    per_output = reasoning_price(price)
+    if price.output_pusd > per_output:
+        per_output = price.output_pusd
     cost = prompt_tokens * per_input + max_tokens * per_output
     return cost + max_searches * price.per_search_pusd if max_searches else cost

@@ -210,7 +210,6 @@ class RedisLimiter:
         self,
         key_id: int,
         user_id: int,
-        *,
         rpm: int | None,
         tpm: int | None,
         tokens: int,
