@@ -76,7 +76,12 @@ def count(config: dict[str, object], who: str, seconds: int) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--only", default="", help="comma-separated configurations to run besides off (all)"
+    )
+    parser.add_argument("--keys", default="admin,metered", help="comma-separated: admin, metered")
     args = parser.parse_args()
+    only = {"off", *args.only.split(",")} if args.only else None
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     pg_url = postgres_database()
@@ -89,7 +94,9 @@ def main() -> None:
                 )
             )
             for name, config in configs(upstream, pg_url).items():
-                for who in ("admin", "metered"):
+                if only is not None and name not in only:
+                    continue
+                for who in args.keys.split(","):
                     rows.append((name, who, *count(config, who, args.seconds)))
     finally:
         drop_database(pg_url)

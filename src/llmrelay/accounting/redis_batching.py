@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from llmrelay.errors import ServiceUnavailable
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 64  # items in one script call: it blocks Redis while it runs
 Script = Callable[..., Awaitable[Any]]  # called with keys= and args=
 
@@ -92,7 +94,7 @@ class Batch:
         self.keys: list[bytes] = []
         self.groups: dict[tuple[bytes, ...], int] = {}  # a group of names → where it begins
         self.args: list[str] = []
-        self.futures: list[asyncio.Future[str]] = []
+        self.futures: list[asyncio.Future[str] | None] = []  # None: nobody waits for it
 
     def place(self, group: tuple[bytes, ...] | None) -> str:
         """The 1-based position of ``group`` in KEYS, added on first use ("_": none)."""
@@ -132,21 +134,34 @@ class Batcher:
     ) -> asyncio.Future[str]:
         """Queue one item about the key and user whose names are ``key`` and ``user``; the
         future gets its answer, or the batch's error."""
-        loop = asyncio.get_running_loop()
-        if not self._sending or self._loop is not loop:
-            self._start(loop)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue(key, user, item, future)
+        return future
+
+    def add_quiet(self, key: tuple[bytes, ...], user: tuple[bytes, ...] | None, item: str) -> None:
+        """:meth:`add` for an item nobody waits for (no future: it is on the hot path); a
+        failure is logged."""
+        self._queue(key, user, item, None)
+
+    def _queue(
+        self,
+        key: tuple[bytes, ...],
+        user: tuple[bytes, ...] | None,
+        item: str,
+        future: asyncio.Future[str] | None,
+    ) -> None:
+        if not self._sending or self._loop is not asyncio.get_running_loop():
+            self._start(asyncio.get_running_loop())
         batch = self._open
         if batch is None:
             batch = self._open = Batch()
             self._idle.clear()
             self._wake.set()
         batch.args.append(f"{batch.place(key)} {batch.place(user)} {item}")
-        future: asyncio.Future[str] = loop.create_future()
         batch.futures.append(future)
         if len(batch.futures) >= MAX_BATCH:
             self._full.append(batch)
             self._open = None
-        return future
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # (A loop that ended took its sender and its callers with it.)
@@ -166,7 +181,8 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            self._idle.set()
+            if self._open is None and not self._full:  # (the call that started it added one)
+                self._idle.set()
             await self._wake.wait()
             self._wake.clear()
             if self.delay:
@@ -186,12 +202,14 @@ class Batcher:
                 raise RuntimeError(f"{len(answers)} answers to {len(futures)} limiter calls")
         except Exception as exc:
             for future in futures:
-                if not future.done():
+                if future is not None and not future.done():
                     error = unreachable(exc) if isinstance(exc, RedisError) else exc
                     future.set_exception(error)
+            if None in futures:  # the reservations lapse after their ttl; the ledger has the cost
+                log.warning("%d limiter updates failed in Redis: %s", futures.count(None), exc)
             return
         for future, answer in zip(futures, answers, strict=True):
-            if not future.done():  # its caller may have been cancelled
+            if future is not None and not future.done():  # its caller may have been cancelled
                 future.set_result(answer)
 
     def _stopped(self, sender: asyncio.Task[None]) -> None:
@@ -202,7 +220,8 @@ class Batcher:
         self._full.clear()
         for batch in left:
             for future in batch.futures if batch is not None else ():
-                future.cancel()
+                if future is not None:
+                    future.cancel()
 
     async def wait(self) -> None:
         """Until what was queued so far is answered."""

@@ -76,12 +76,6 @@ _KEY_NAMES = ("rate:{}:req", "rate:{}:tok", "key:{}", "key:{}:held")
 _USER_NAMES = ("user:{}", "user:{}:held")
 
 
-def _log_failure(future: asyncio.Future[str]) -> None:
-    error = None if future.cancelled() else future.exception()
-    if error is not None:  # the reservation lapses after its ttl; the ledger has the cost
-        log.warning("Settling a request in Redis failed: %s", error)
-
-
 def _field(value: int | None) -> str | int:
     return "_" if value is None else value
 
@@ -277,22 +271,32 @@ class RedisLimiter:
         return status
 
     def _finish(
-        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+        self,
+        reservation: Reservation | None,
+        actual_cost: Money,
+        key_id: int,
+        token_delta: int,
+        quiet: bool = False,
     ) -> asyncio.Future[str] | None:
-        """Queue one finish item (None: nothing to do)."""
-        check_money(actual_cost, "actual_cost")
-        key = self._names(self._key_names, _KEY_NAMES, key_id)
+        """Queue one finish item (None: nothing to do, or ``quiet``: nobody waits)."""
+        if type(actual_cost) is not int or actual_cost < 0:
+            check_money(actual_cost, "actual_cost")
+        key = self._key_names.get(key_id) or self._names(self._key_names, _KEY_NAMES, key_id)
+        add = self._finishes.add_quiet if quiet else self._finishes.add
         if reservation is not None and not reservation.settled:
             reservation.settled = True
-            user = self._names(self._user_names, _USER_NAMES, reservation.user_id)
+            user_id = reservation.user_id
+            user = self._user_names.get(user_id) or self._names(
+                self._user_names, _USER_NAMES, user_id
+            )
             item = f"{reservation.member} {reservation.amount} {actual_cost}"
             if reservation.key_id != key_id:  # (no caller does this) an item for each key
                 held_by = self._names(self._key_names, _KEY_NAMES, reservation.key_id)
-                self._finishes.add(held_by, user, f"{item} 0").add_done_callback(_log_failure)
-                return self._finishes.add(key, None, f"_ _ _ {token_delta}")
-            return self._finishes.add(key, user, f"{item} {token_delta}")
+                self._finishes.add_quiet(held_by, user, f"{item} 0")
+                return add(key, None, f"_ _ _ {token_delta}")
+            return add(key, user, f"{item} {token_delta}")
         if token_delta:
-            return self._finishes.add(key, None, f"_ _ _ {token_delta}")
+            return add(key, None, f"_ _ _ {token_delta}")
         return None
 
     async def finish(
@@ -306,9 +310,7 @@ class RedisLimiter:
         self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
     ) -> None:
         # The batch's own task sends the item: no task per call, and no caller to cancel it.
-        future = self._finish(reservation, actual_cost, key_id, token_delta)
-        if future is not None:
-            future.add_done_callback(_log_failure)
+        self._finish(reservation, actual_cost, key_id, token_delta, quiet=True)
 
     async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
         await self.finish(reservation, actual_cost, reservation.key_id, 0)
