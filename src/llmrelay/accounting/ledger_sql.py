@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -74,7 +75,9 @@ def key_uses(rows: Sequence[Record]) -> list[tuple[int, str, int]]:
     return [(costs[ident], newest[ident], ident) for ident in sorted(costs)]
 
 
+@functools.lru_cache(maxsize=256)
 def _utc(text: str) -> datetime:
+    # Cached: a batch's rows share a few timestamps (the row time is formatted once a second).
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 

@@ -73,11 +73,9 @@ class Reservation:
     amount: Money
     id: str = ""  # unique where the state is shared (Redis): see new_reservation_id
     settled: bool = False
-
-    @property
-    def member(self) -> str:
-        """How the reservation is named in the limiter's state (its amount is part of it)."""
-        return f"{self.id}:{self.amount}"
+    # How the reservation is named in Redis: ``<id>:<amount>``, made once (the admit and the
+    # settle both send it).
+    member: str = ""
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much

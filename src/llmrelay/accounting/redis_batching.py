@@ -57,7 +57,9 @@ class Evalsha:
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), b"$7\r\nEVALSHA\r\n", _bulk(self.sha)]
         parts.append(_bulk(b"%d" % len(keys)))
         parts += [_bulk(name) for name in keys]
-        parts += [_bulk(str(arg).encode()) for arg in args]
+        # Inline, without a call per item: a batch carries up to MAX_BATCH of them.
+        encoded = [arg.encode() if type(arg) is str else str(arg).encode() for arg in args]
+        parts += [b"$%d\r\n%b\r\n" % (len(value), value) for value in encoded]
         return b"".join(parts)
 
     async def __call__(self, *, keys: list[bytes], args: list[Any]) -> Any:
@@ -134,24 +136,26 @@ class Batcher:
     ) -> asyncio.Future[str]:
         """Queue one item about the key and user whose names are ``key`` and ``user``; the
         future gets its answer, or the batch's error."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue(key, user, item, future)
+        loop = asyncio.get_running_loop()  # (a system call in Python 3.11: getpid())
+        future: asyncio.Future[str] = loop.create_future()
+        self._queue(loop, key, user, item, future)
         return future
 
     def add_quiet(self, key: tuple[bytes, ...], user: tuple[bytes, ...] | None, item: str) -> None:
         """:meth:`add` for an item nobody waits for (no future: it is on the hot path); a
         failure is logged."""
-        self._queue(key, user, item, None)
+        self._queue(asyncio.get_running_loop(), key, user, item, None)
 
     def _queue(
         self,
+        loop: asyncio.AbstractEventLoop,
         key: tuple[bytes, ...],
         user: tuple[bytes, ...] | None,
         item: str,
         future: asyncio.Future[str] | None,
     ) -> None:
-        if not self._sending or self._loop is not asyncio.get_running_loop():
-            self._start(asyncio.get_running_loop())
+        if self._loop is not loop or not self._sending:
+            self._start(loop)
         batch = self._open
         if batch is None:
             batch = self._open = Batch()

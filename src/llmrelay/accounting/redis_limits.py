@@ -76,10 +76,6 @@ _KEY_NAMES = ("rate:{}:req", "rate:{}:tok", "key:{}", "key:{}:held")
 _USER_NAMES = ("user:{}", "user:{}:held")
 
 
-def _field(value: int | None) -> str | int:
-    return "_" if value is None else value
-
-
 class RedisLimiter:
     """Budgets and rate limits in a Redis shared by every llmrelay process."""
 
@@ -156,20 +152,25 @@ class RedisLimiter:
     ) -> RateStatus:
         """One admit item: the rate check (``rate``: rpm, tpm, tokens; None: none) and/or the
         reservation. Raises the item's refusal, or returns the rate status."""
+        # Formatted inline, without helper calls: this runs for every metered request.
         rpm, tpm, tokens = rate if rate is not None else (None, None, None)
-        funded = None if user_balance is None else user_balance + user_spent
         if reservation is None:
             money = "_ _ _ _ _ _"
         else:
+            funded = "_" if user_balance is None else user_balance + user_spent
             money = (
-                f"{reservation.amount} {_field(key_credit)} {max(0, key_spent)} "
-                f"{_field(funded)} {max(0, user_spent)} {reservation.member}"
+                f"{reservation.amount} {'_' if key_credit is None else key_credit} "
+                f"{key_spent if key_spent > 0 else 0} {funded} "
+                f"{user_spent if user_spent > 0 else 0} {reservation.member}"
             )
-        item = f"{_field(rpm)} {_field(tpm)} {_field(tokens)} {money}"
-        key = self._names(self._key_names, _KEY_NAMES, key_id)
-        user = self._names(self._user_names, _USER_NAMES, user_id)
+        item = (
+            f"{'_' if rpm is None else rpm} {'_' if tpm is None else tpm} "
+            f"{'_' if tokens is None else tokens} {money}"
+        )
+        key = self._key_names.get(key_id) or self._names(self._key_names, _KEY_NAMES, key_id)
+        user = self._user_names.get(user_id) or self._names(self._user_names, _USER_NAMES, user_id)
         answer = await self._admits.add(key, user, item)
-        rl, tl, rw, tw, money_short = (int(v) for v in answer.split(","))
+        rl, tl, rw, tw, money_short = map(int, answer.split(","))
         status = RateStatus()
         if rate is not None:
             status = RateStatus(
@@ -222,7 +223,8 @@ class RedisLimiter:
         reservation = None
         if amount is not None:
             check_money(amount)
-            reservation = Reservation(key_id, user_id, amount, new_reservation_id())
+            ident = new_reservation_id()
+            reservation = Reservation(key_id, user_id, amount, ident, member=f"{ident}:{amount}")
         status = await self._admit(
             key_id,
             user_id,
@@ -247,7 +249,8 @@ class RedisLimiter:
         user_spent: Money,
     ) -> Reservation:
         check_money(amount)
-        reservation = Reservation(key_id, user_id, amount, new_reservation_id())
+        ident = new_reservation_id()
+        reservation = Reservation(key_id, user_id, amount, ident, member=f"{ident}:{amount}")
         await self._admit(
             key_id, user_id, None, reservation, key_credit, key_spent, user_balance, user_spent
         )
@@ -289,12 +292,13 @@ class RedisLimiter:
             user = self._user_names.get(user_id) or self._names(
                 self._user_names, _USER_NAMES, user_id
             )
-            item = f"{reservation.member} {reservation.amount} {actual_cost}"
             if reservation.key_id != key_id:  # (no caller does this) an item for each key
+                item = f"{reservation.member} {reservation.amount} {actual_cost} 0"
                 held_by = self._names(self._key_names, _KEY_NAMES, reservation.key_id)
-                self._finishes.add_quiet(held_by, user, f"{item} 0")
+                self._finishes.add_quiet(held_by, user, item)
                 return add(key, None, f"_ _ _ {token_delta}")
-            return add(key, user, f"{item} {token_delta}")
+            item = f"{reservation.member} {reservation.amount} {actual_cost} {token_delta}"
+            return add(key, user, item)
         if token_delta:
             return add(key, None, f"_ _ _ {token_delta}")
         return None
