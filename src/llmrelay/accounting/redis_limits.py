@@ -76,6 +76,12 @@ _KEY_NAMES = ("rate:{}:req", "rate:{}:tok", "key:{}", "key:{}:held")
 _USER_NAMES = ("user:{}", "user:{}:held")
 
 
+def _reservation(key_id: int, user_id: int, amount: Money) -> Reservation:
+    """A new reservation with its Redis member, ``<id>:<amount>``, made once."""
+    ident = new_reservation_id()
+    return Reservation(key_id, user_id, amount, ident, member=f"{ident}:{amount}")
+
+
 class RedisLimiter:
     """Budgets and rate limits in a Redis shared by every llmrelay process."""
 
@@ -223,8 +229,7 @@ class RedisLimiter:
         reservation = None
         if amount is not None:
             check_money(amount)
-            ident = new_reservation_id()
-            reservation = Reservation(key_id, user_id, amount, ident, member=f"{ident}:{amount}")
+            reservation = _reservation(key_id, user_id, amount)
         status = await self._admit(
             key_id,
             user_id,
@@ -249,8 +254,7 @@ class RedisLimiter:
         user_spent: Money,
     ) -> Reservation:
         check_money(amount)
-        ident = new_reservation_id()
-        reservation = Reservation(key_id, user_id, amount, ident, member=f"{ident}:{amount}")
+        reservation = _reservation(key_id, user_id, amount)
         await self._admit(
             key_id, user_id, None, reservation, key_credit, key_spent, user_balance, user_spent
         )
