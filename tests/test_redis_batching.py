@@ -8,13 +8,15 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmrelay.accounting.limits import RateStatus, Reservation
 from llmrelay.accounting.redis_batching import MAX_BATCH
 from llmrelay.accounting.redis_limits import RedisLimiter
 from llmrelay.errors import InsufficientQuota, RateLimited, ServiceUnavailable
-from tests.limiters import Backend, limiter_backend
+from tests.limiters import REDIS_URL, Backend, limiter_backend
 
 USD = 10**12
 BIG = 10**16 + 12345  # beyond 2**53
@@ -85,7 +87,7 @@ async def budget(limiter: RedisLimiter, kind: str, ident: int) -> dict[str, str]
 def test_one_turns_admits_are_one_script_call_in_order(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 3)
+        spy = Spy(limiter, "_batcher", 3)
         amount = BIG
         found = await asyncio.gather(
             *(admit(limiter, 1, amount, key_credit=10 * amount + 5, key_spent=5) for _ in range(50))
@@ -127,7 +129,7 @@ def test_rate_refusals_in_a_batch_reserve_nothing(backend: Backend) -> None:
 def test_a_batch_holds_at_most_max_batch_items(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 3)
+        spy = Spy(limiter, "_batcher", 3)
         found = await asyncio.gather(*(admit(limiter, i % 3, 1) for i in range(150)))
         assert spy.calls == [MAX_BATCH, MAX_BATCH, 150 - 2 * MAX_BATCH]
         assert len(held(found)) == 150
@@ -139,7 +141,7 @@ def test_a_batch_holds_at_most_max_batch_items(backend: Backend) -> None:
 def test_a_lone_call_is_sent_in_the_next_turn(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        spy = Spy(limiter, "_admits", 3)
+        spy = Spy(limiter, "_batcher", 3)
         task = asyncio.get_running_loop().create_task(admit(limiter, 1, 1))
         await asyncio.sleep(0)  # the task queues its item
         assert spy.calls == []
@@ -159,7 +161,7 @@ def test_concurrent_finishes_settle_exactly(backend: Backend) -> None:
         )
         reservations = held(found)
         assert len(reservations) == 50
-        spy = Spy(limiter, "_finishes", 2)
+        spy = Spy(limiter, "_batcher", 3)
         costs = [BIG - i * 1_000_003 for i in range(50)]
         await asyncio.gather(
             *(limiter.finish(r, c, 1, 0) for r, c in zip(reservations, costs, strict=True)),
@@ -180,7 +182,7 @@ def test_token_corrections_batch_with_settlements(backend: Backend) -> None:
         found = await asyncio.gather(
             *(admit(limiter, 1, 7, tpm=1000, tokens=100, key_credit=70) for _ in range(10))
         )
-        spy = Spy(limiter, "_finishes", 2)
+        spy = Spy(limiter, "_batcher", 3)
         await asyncio.gather(
             *(limiter.finish(r, 7, 1, -50) for r in held(found)),
             *(limiter.add_tokens(1, -10) for _ in range(10)),
@@ -226,7 +228,7 @@ def test_two_processes_interleaving_stay_exact(backend: Backend) -> None:
 def test_a_redis_error_fails_every_item_of_its_batch(backend: Backend) -> None:
     async def work() -> None:
         limiter = make(backend)
-        good = held(await asyncio.gather(*(admit(limiter, 1, 5) for _ in range(3))))
+        good = held(await asyncio.gather(*(admit(limiter, 1, 5) for _ in range(5))))
 
         async def broken(*, keys: list[bytes], args: list[Any]) -> Any:
             raise RedisConnectionError("connection reset")
@@ -236,28 +238,59 @@ def test_a_redis_error_fails_every_item_of_its_batch(backend: Backend) -> None:
                 isinstance(f, ServiceUnavailable) and f.headers["Retry-After"] == "1" for f in found
             )
 
-        admits, finishes = limiter._admits, limiter._finishes
-        admits.script, script = broken, admits.script
+        batcher = limiter._batcher
+        batcher.script, script = broken, batcher.script
         found = await asyncio.gather(
             *(admit(limiter, 1, 5) for _ in range(5)),
-            limiter.finish(good[0], 5, 1, 0),  # another script: not in the failed batch
+            limiter.finish(good[0], 5, 1, 0),  # joins the admissions' batch, and fails with it
             return_exceptions=True,
         )
-        assert failed(found[:5]) and found[5] is None
-        admits.script = script
-        finishes.script, script = broken, finishes.script
+        assert failed(found)
         refused = await asyncio.gather(
             limiter.finish(good[1], 5, 1, 0),
             limiter.settle(good[2], 5),
             limiter.add_tokens(1, 7),
-            admit(limiter, 1, 5),
             return_exceptions=True,
         )
-        assert failed(list(refused[:3])) and isinstance(refused[3], tuple)
-        finishes.script = script
-        assert limiter.batches == 1 + 2 + 2
-        # Redis itself is fine: the limiter goes on.
+        assert failed(list(refused))
+        batcher.script = script
+        assert limiter.batches == 1 + 1 + 1
+        # Redis itself is fine: the limiter goes on, and the settlements that did not fail
+        # release their reservations (the failed ones hold theirs until they lapse).
         assert isinstance(await admit(limiter, 1, 5), tuple)
+        await limiter.finish(good[3], 5, 1, 0)
+        # Held: good[0], good[1], good[2] (their settlements failed), good[4] and the new one.
+        assert await budget(limiter, "key", 1) == {"spent": "5", "reserved": str(5 * 5)}
+        await limiter.close()
+
+    run(work())
+
+
+def test_settlements_ride_with_the_next_admissions(backend: Backend) -> None:
+    async def work() -> None:
+        limiter = make(backend)
+        spy = Spy(limiter, "_batcher", 3)
+        found = held(
+            await asyncio.gather(*(admit(limiter, 1, 10, key_credit=100) for _ in range(10)))
+        )
+        for reservation in found[:4]:
+            limiter.finish_soon(reservation, 2, 1, 0)  # a batch that can wait: not sent yet
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert spy.calls == [10]
+        # The next admissions take the settlements along, in order: the credit they freed
+        # (4 * 8) admits three more requests of 10, and no more.
+        more = await asyncio.gather(*(admit(limiter, 1, 10, key_credit=100) for _ in range(4)))
+        assert spy.calls == [10, 4 + 4]
+        assert [type(f).__name__ for f in more] == ["tuple"] * 3 + ["InsufficientQuota"]
+        # Alone, settlements wait FINISH_DELAY for company, then go without any admission.
+        for reservation in found[4:]:
+            limiter.finish_soon(reservation, 2, 1, 0)
+        await asyncio.sleep(0.001)
+        assert spy.calls == [10, 8]
+        await limiter._batcher.wait()
+        assert spy.calls == [10, 8, 6]
+        assert await budget(limiter, "key", 1) == {"spent": str(10 * 2), "reserved": "30"}
         await limiter.close()
 
     run(work())
@@ -306,8 +339,8 @@ def test_finish_soon_joins_the_turns_batch_and_never_raises(
         async def broken(*, keys: list[bytes], args: list[Any]) -> Any:
             raise RedisConnectionError("connection reset")
 
-        limiter._finishes.script = broken
         more = held(await asyncio.gather(*(admit(limiter, 1, 10) for _ in range(3))))
+        limiter._batcher.script = broken
         for reservation in more:
             limiter.finish_soon(reservation, 3, 1, 0)
         await limiter.close()  # waits for the batches under way
@@ -322,7 +355,7 @@ def test_a_cancelled_batch_cancels_its_callers_only(backend: Backend) -> None:
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(admit(limiter, 1, 1)) for _ in range(3)]
         await asyncio.sleep(0)  # queued; the batch's task has not started
-        (sending,) = limiter._admits._sending
+        (sending,) = limiter._batcher._sending
         sending.cancel()
         found = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(f, asyncio.CancelledError) for f in found)
@@ -341,7 +374,7 @@ def test_scripts_come_back_after_redis_lost_them_and_after_a_dropped_connection(
         await limiter.redis.script_flush()  # as a Redis restart would
         assert isinstance(await admit(limiter, 1, 1), tuple)
         # Redis drops the limiter's own connection: a call fails (503), the next reconnects.
-        connection = limiter._scripts[0]._connection
+        connection = limiter._script._connection
         host, port = connection._writer.get_extra_info("sockname")[:2]
         await limiter.redis.client_kill_filter(laddr=None, addr=f"{host}:{port}")
         failed = await admit(limiter, 1, 1)
@@ -349,5 +382,50 @@ def test_scripts_come_back_after_redis_lost_them_and_after_a_dropped_connection(
         assert isinstance(await admit(limiter, 1, 1), tuple)
         assert (await budget(limiter, "key", 1))["reserved"] == "3"
         await limiter.close()
+
+    run(work())
+
+
+class _SilentRedis(asyncio.Protocol):
+    """A Redis that answers the connection's set-up commands (OK to each) and never answers
+    EVALSHA: a server that hangs mid-call."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"EVALSHA" not in data:
+            self.transport.write(b"+OK\r\n" * data.count(b"\r\n*", 0) + b"+OK\r\n")
+
+
+def test_a_call_redis_never_answers_times_out_and_the_next_reconnects(backend: Backend) -> None:
+    async def work() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_SilentRedis, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+        limiter = RedisLimiter(redis)
+        started = loop.time()
+        found = await asyncio.gather(*(admit(limiter, 1, 1) for _ in range(3)))
+        waited = loop.time() - started
+        assert all(isinstance(f, ServiceUnavailable) for f in found)
+        assert all(isinstance(f.__cause__, RedisTimeoutError) for f in found)
+        assert 0.3 <= waited < 2.0, waited
+        # The calls after it go on, each on a fresh connection, under the same bound.
+        assert isinstance(await admit(limiter, 1, 1), ServiceUnavailable)
+        await limiter.close()
+        await redis.aclose()
+        server.close()
+        # A live Redis with the same short bound: calls spread over several bounds are not cut
+        # (the watchdog looks at the call under way when it fires).
+        live = Redis.from_url(REDIS_URL, socket_timeout=0.3)
+        quick = RedisLimiter(live, prefix=backend.prefix, clock=backend.clock)
+        for _ in range(8):
+            assert isinstance(await admit(quick, 1, 1), tuple)
+            await asyncio.sleep(0.1)
+        assert quick.batches == 8
+        await quick.close()
+        await live.aclose()
 
     run(work())

@@ -3,22 +3,22 @@
 Every operation runs in a Lua script (``redis_scripts.py``), so a check and its update are
 atomic across every process that shares the Redis. The rules are those of ``limits.py``.
 
-Batching. redis-py spends tens of microseconds of CPU on each command, more than the rest of a
-request's accounting, so calls are grouped: the :meth:`~RedisLimiter.admit` calls (rate check
-and reservation; :meth:`~RedisLimiter.check_rate` and :meth:`~RedisLimiter.reserve` too) made
-during one turn of the event loop go to Redis as one EVALSHA of the admit script, and the
+Batching. A script call costs tens of microseconds of CPU (more with redis-py's own command
+path), more than the rest of a request's accounting, so calls are grouped into batches of one
+script, ``STEP_LUA``: the :meth:`~RedisLimiter.admit` calls (rate check and reservation;
+:meth:`~RedisLimiter.check_rate` and :meth:`~RedisLimiter.reserve` too) and the
 :meth:`~RedisLimiter.finish` and :meth:`~RedisLimiter.finish_soon` calls (settlements and token
-corrections; :meth:`~RedisLimiter.settle` and :meth:`~RedisLimiter.add_tokens` too) as one of
-the finish script. The first call of a turn opens a batch and starts the task that sends it,
-whose first step runs, like a ``call_soon`` callback, once the callbacks ready in this turn
-have run: an admission never waits for a timer, and a lone call costs no latency. Later calls
-of the turn join the batch, up to :data:`MAX_BATCH` items. Settlements, which nobody waits for,
-stay open longer, :data:`FINISH_DELAY` seconds, so that a batch carries more of them. The
-script handles its items in order, each with the rules of one call, so items for one key or
-user behave as consecutive calls, and answers each caller alone: a refusal (``RateLimited``,
-``InsufficientQuota``) is that item's, while a Redis error fails every item of the batch (503;
-what the script did before the error stays done, and a reservation nobody learned of lapses
-after ``reservation_ttl``).
+corrections; :meth:`~RedisLimiter.settle` and :meth:`~RedisLimiter.add_tokens` too). An
+admission opens a batch, or joins the open one, and has it sent once the callbacks ready in
+this turn of the event loop have run: an admission never waits for a timer, and a lone call
+costs no latency. A settlement, which nobody waits for, joins the open batch too, or opens one
+that waits up to :data:`FINISH_DELAY` seconds for company, so under load settlements ride along
+with admissions and cost no call of their own. A batch holds up to :data:`MAX_BATCH` items.
+The script handles its items in order, each with the rules of one call, so items for one key
+or user behave as consecutive calls, and answers each caller alone: a refusal
+(``RateLimited``, ``InsufficientQuota``) is that item's, while a Redis error fails every item
+of the batch (503; what the script did before the error stays done, and a reservation nobody
+learned of lapses after ``reservation_ttl``).
 
 The keys, all under one hash tag so a Redis Cluster keeps them in one slot (``P`` is
 ``{prefix}``, by default ``{llmrelay}``):
@@ -45,6 +45,7 @@ caller's clock (ms) when a batch is sent, so processes should keep their clocks 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -65,7 +66,7 @@ from llmrelay.accounting.limits import (
 )
 from llmrelay.accounting.money import Money
 from llmrelay.accounting.redis_batching import Batcher, Evalsha, unreachable
-from llmrelay.accounting.redis_scripts import ADMIT_LUA, FINISH_LUA, FORGET_LUA
+from llmrelay.accounting.redis_scripts import FORGET_LUA, STEP_LUA
 
 log = logging.getLogger(__name__)
 # Seconds a batch of settlements waits for more: nobody waits for a settlement (the
@@ -105,9 +106,8 @@ class RedisLimiter:
         self._reservation_ms = int(reservation_ttl * 1000)
         # State outlives every reservation it holds.
         self._state_ms = max(int(state_ttl * 1000), self._reservation_ms + 60_000)
-        self._scripts = (Evalsha(self.redis, ADMIT_LUA), Evalsha(self.redis, FINISH_LUA))
-        self._admits = Batcher(self._scripts[0], self._admit_header)
-        self._finishes = Batcher(self._scripts[1], self._finish_header, FINISH_DELAY)
+        self._script = Evalsha(self.redis, STEP_LUA)
+        self._batcher = Batcher(self._script, self._header, FINISH_DELAY)
         self._forget = self.redis.register_script(FORGET_LUA)
         options = self.redis.connection_pool.connection_kwargs  # redis-py's encoding of names
         self._encoding: tuple[str, str] = (
@@ -119,18 +119,15 @@ class RedisLimiter:
 
     @property
     def batches(self) -> int:
-        """Admit and finish script calls sent so far (each carries up to MAX_BATCH items)."""
-        return self._admits.sent + self._finishes.sent
+        """Script calls sent so far (each carries up to MAX_BATCH items)."""
+        return self._batcher.sent
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
-    def _admit_header(self) -> list[int]:
+    def _header(self) -> list[int]:
         now = self._now()
         return [now, now + self._reservation_ms, self._state_ms]
-
-    def _finish_header(self) -> list[int]:
-        return [self._now(), self._state_ms]
 
     def _names(
         self, cache: dict[int, tuple[bytes, ...]], forms: tuple[str, ...], ident: int
@@ -170,12 +167,12 @@ class RedisLimiter:
                 f"{user_spent if user_spent > 0 else 0} {reservation.member}"
             )
         item = (
-            f"{'_' if rpm is None else rpm} {'_' if tpm is None else tpm} "
+            f"a {'_' if rpm is None else rpm} {'_' if tpm is None else tpm} "
             f"{'_' if tokens is None else tokens} {money}"
         )
         key = self._key_names.get(key_id) or self._names(self._key_names, _KEY_NAMES, key_id)
         user = self._user_names.get(user_id) or self._names(self._user_names, _USER_NAMES, user_id)
-        answer = await self._admits.add(key, user, item)
+        answer = await self._batcher.add(key, user, item)
         rl, tl, rw, tw, money_short = map(int, answer.split(","))
         status = RateStatus()
         if rate is not None:
@@ -289,7 +286,8 @@ class RedisLimiter:
         if type(actual_cost) is not int or actual_cost < 0:
             check_money(actual_cost, "actual_cost")
         key = self._key_names.get(key_id) or self._names(self._key_names, _KEY_NAMES, key_id)
-        add = self._finishes.add_quiet if quiet else self._finishes.add
+        batcher = self._batcher
+        add = batcher.add_quiet if quiet else functools.partial(batcher.add, urgent=False)
         if reservation is not None and not reservation.settled:
             reservation.settled = True
             user_id = reservation.user_id
@@ -297,14 +295,14 @@ class RedisLimiter:
                 self._user_names, _USER_NAMES, user_id
             )
             if reservation.key_id != key_id:  # (no caller does this) an item for each key
-                item = f"{reservation.member} {reservation.amount} {actual_cost} 0"
+                item = f"f {reservation.member} {reservation.amount} {actual_cost} 0"
                 held_by = self._names(self._key_names, _KEY_NAMES, reservation.key_id)
-                self._finishes.add_quiet(held_by, user, item)
-                return add(key, None, f"_ _ _ {token_delta}")
-            item = f"{reservation.member} {reservation.amount} {actual_cost} {token_delta}"
+                batcher.add_quiet(held_by, user, item)
+                return add(key, None, f"f _ _ _ {token_delta}")
+            item = f"f {reservation.member} {reservation.amount} {actual_cost} {token_delta}"
             return add(key, user, item)
         if token_delta:
-            return add(key, None, f"_ _ _ {token_delta}")
+            return add(key, None, f"f _ _ _ {token_delta}")
         return None
 
     async def finish(
@@ -336,9 +334,7 @@ class RedisLimiter:
                 raise unreachable(exc) from exc
 
     async def close(self) -> None:
-        await self._admits.close()
-        await self._finishes.close()
-        for script in self._scripts:
-            await script.close()
+        await self._batcher.close()
+        await self._script.close()
         if self._owned:
             await self.redis.aclose()

@@ -1,9 +1,11 @@
 """The Lua run by :class:`~llmrelay.accounting.redis_limits.RedisLimiter`.
 
-The rules are written once, as Lua functions in :data:`_LIBRARY`, and each script is that
-library plus a loop over the items of one batch. An item is one ARGV string of fields
-separated by spaces, ``_`` standing for none: redis-py spends about a microsecond of CPU
-encoding each argument, and an item has up to eleven fields. For the same reason each key name
+The rules are written once, as Lua functions in :data:`_LIBRARY`, and :data:`STEP_LUA` is that
+library plus a loop over the items of one batch: admissions and settlements, in the order they
+were made, so a settlement rides along with the admissions of its turn instead of costing a
+script call of its own. An item is one ARGV string of fields separated by spaces, ``_``
+standing for none: redis-py spends about a microsecond of CPU encoding each argument, and an
+item has up to twelve fields. For the same reason each key name
 is sent once per batch: KEYS holds groups, a key's (request bucket, token bucket, hash, held
 set) and a user's (hash, held set), and an item's first two fields are the positions in KEYS
 where its key's group and its user's group begin.
@@ -164,53 +166,42 @@ end
 """
 )
 
-ADMIT_LUA = (
+STEP_LUA = (
     _LIBRARY
     + """
--- ARGV: now (ms), reservation deadline (ms), state ttl (ms), then per item "key_group
--- user_group rpm tpm tokens amount key_credit key_spent funded user_spent member": tokens
--- none, no rate check; amount none, no reservation. Items run in order; each answers
--- "rl,tl,rw,tw,money" (money: 0 held or not asked, 1 key short, 2 user short; nothing is
--- reserved when a bucket must wait).
+-- ARGV: now (ms), reservation deadline (ms), state ttl (ms), then the items, in the order
+-- they were made, each "key_group user_group" and then its kind and fields:
+--   admit:  "a rpm tpm tokens amount key_credit key_spent funded user_spent member": tokens
+--           none, no rate check; amount none, no reservation. It answers "rl,tl,rw,tw,money"
+--           (money: 0 held or not asked, 1 key short, 2 user short; nothing is reserved when
+--           a bucket must wait).
+--   finish: "f member amount cost token_delta" (member none: nothing to settle, and the user
+--           group is none too; the key group is that of the key whose tokens are corrected,
+--           the reservation's key is the same key). It answers "0".
 local now, deadline, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local out = {}
 for n = 4, #ARGV do
   local f = fields(ARGV[n])
   local k, u = tonumber(f[1]), tonumber(f[2])
-  local rl, tl, rw, tw = -1, -1, 0, 0
-  if f[5] then
-    rl, tl, rw, tw = rate(KEYS[k], KEYS[k + 1], now, tonumber(f[3]), tonumber(f[4]),
-                          tonumber(f[5]))
+  if f[3] == 'f' then
+    if f[4] then
+      settle(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[4], f[5], f[6], ttl)
+    end
+    if f[7] ~= '0' then add_tokens(KEYS[k + 1], now, tonumber(f[7])) end
+    out[n - 3] = '0'
+  else
+    local rl, tl, rw, tw = -1, -1, 0, 0
+    if f[6] then
+      rl, tl, rw, tw = rate(KEYS[k], KEYS[k + 1], now, tonumber(f[4]), tonumber(f[5]),
+                            tonumber(f[6]))
+    end
+    local money = 0
+    if f[7] and rw == 0 and tw == 0 then
+      money = reserve(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[7], f[8], f[9], f[10],
+                      f[11], ARGV[1], deadline, f[12], ttl)
+    end
+    out[n - 3] = string.format('%d,%d,%d,%d,%d', rl, tl, rw, tw, money)
   end
-  local money = 0
-  if f[6] and rw == 0 and tw == 0 then
-    money = reserve(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[6], f[7], f[8], f[9],
-                    f[10], ARGV[1], deadline, f[11], ttl)
-  end
-  out[n - 3] = string.format('%d,%d,%d,%d,%d', rl, tl, rw, tw, money)
-end
-return table.concat(out, ' ')
-"""
-)
-
-FINISH_LUA = (
-    _LIBRARY
-    + """
--- ARGV: now (ms), state ttl (ms), then per item "key_group user_group member amount cost
--- token_delta" (member none: nothing to settle; then the user group is none too). The key
--- group is that of the key whose tokens are corrected; the reservation's key is the same key.
--- Each item answers "0".
-local now, ttl = tonumber(ARGV[1]), ARGV[2]
-local out = {}
-for n = 3, #ARGV do
-  local f = fields(ARGV[n])
-  local k = tonumber(f[1])
-  if f[3] then
-    local u = tonumber(f[2])
-    settle(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[3], f[4], f[5], ttl)
-  end
-  if f[6] ~= '0' then add_tokens(KEYS[k + 1], now, tonumber(f[6])) end
-  out[n - 2] = '0'
 end
 return table.concat(out, ' ')
 """
