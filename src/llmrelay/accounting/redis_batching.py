@@ -47,11 +47,11 @@ class Evalsha:
     reply parser; a call writes the packed command to the connection's stream and reads the
     reply with that parser. redis-py's own ``send_packed_command`` and ``read_response`` wrap
     every call in a timeout each (a task for ``wait_for``, a timer), about 40 µs of CPU a call,
-    more than the exchange itself; here one watchdog timer per timeout period bounds the call
-    under way (:meth:`_watch`). A call that fails on the connection is not retried (the script
-    may have run: a second run would hold a reservation twice), so its batch gets 503 with
-    Retry-After; the next call reconnects. A Redis that lost the script (a restart, SCRIPT
-    FLUSH) is given it again."""
+    nearly as much as the exchange itself (45-60 µs, kernel included); here one watchdog timer
+    per timeout period bounds the call under way (:meth:`_watch`). A call that fails on the
+    connection is not retried (the script may have run: a second run would hold a reservation
+    twice), so its batch gets 503 with Retry-After; the next call reconnects. A Redis that
+    lost the script (a restart, SCRIPT FLUSH) is given it again."""
 
     def __init__(self, redis: Redis, lua: str) -> None:
         self.redis = redis
