@@ -387,16 +387,24 @@ def test_scripts_come_back_after_redis_lost_them_and_after_a_dropped_connection(
 
 
 class _SilentRedis(asyncio.Protocol):
-    """A Redis that answers the connection's set-up commands (OK to each) and never answers
-    EVALSHA: a server that hangs mid-call."""
+    """A Redis that answers the connection's set-up commands and never answers EVALSHA: a
+    server that hangs mid-call. redis-py 8 opens with HELLO 3 (RESP3), answered as Redis 7
+    does, with a map that names the protocol; other set-up commands get OK."""
+
+    HELLO = b"%1\r\n$5\r\nproto\r\n:3\r\n"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if b"EVALSHA" not in data:
-            self.transport.write(b"+OK\r\n" * data.count(b"\r\n*", 0) + b"+OK\r\n")
+        if b"EVALSHA" in data:
+            return
+        commands = data.count(b"\r\n*", 0) + 1
+        if b"HELLO" in data:  # sent alone: the client waits for its answer
+            self.transport.write(self.HELLO + b"+OK\r\n" * (commands - 1))
+            return
+        self.transport.write(b"+OK\r\n" * commands)
 
 
 def test_a_call_redis_never_answers_times_out_and_the_next_reconnects(backend: Backend) -> None:
