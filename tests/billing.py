@@ -124,6 +124,44 @@ def fire(
     return asyncio.run(_fire(urls, keys, count, body or BODY))
 
 
+async def _hammer(urls: list[str], key: str, workers: int) -> int:
+    limits = httpx.Limits(max_connections=workers)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
+
+        async def worker(i: int) -> int:
+            answered = 0
+            while True:
+                r = await client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY)
+                if r.status_code != 200:
+                    assert r.status_code == 429, r.text
+                    return answered
+                answered += 1
+
+        return sum(await asyncio.gather(*(worker(i) for i in range(workers))))
+
+
+def hammer(urls: list[str], key: str, workers: int = 32) -> int:
+    """Sustained load: ``workers`` clients, each sending one request after the other until it
+    is refused. Returns how many were answered."""
+    return asyncio.run(_hammer(urls, key, workers))
+
+
+def limiter_counts(server: Server) -> dict[str, float]:
+    """The server's ``llmrelay_limiter_total`` counters, by what they count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {server.admin_key}"}
+    response = httpx.get(server.url + "/metrics", headers=headers, timeout=30)
+    response.raise_for_status()
+    return {
+        sample.labels["what"]: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "llmrelay_limiter_total"
+    }
+
+
 def statuses(responses: list[httpx.Response]) -> dict[int, int]:
     found: dict[int, int] = {}
     for r in responses:

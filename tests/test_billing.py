@@ -26,7 +26,9 @@ from tests.billing import (
     billing_config,
     fire,
     flush,
+    hammer,
     ledger,
+    limiter_counts,
     spent,
     start_billing,
     statuses,
@@ -215,6 +217,29 @@ def _shared_limits(first: Server, second: Server) -> None:
     tpm = first.create_key("k-shared-tpm", "--tpm", "100")
     passed = statuses(fire(urls, [tpm], 12)).get(200, 0)
     assert 3 <= passed <= 5
+    _leases_under_load(first, second)
+
+
+def _leases_under_load(first: Server, second: Server) -> None:
+    """A busy key far from its limit is served from leases (no round trip to Redis per
+    request), and they never admit more than the credit covers: once the leases of the idle
+    key are given back, exactly what it covers has been admitted, and charged."""
+    urls = [first.url, second.url]
+    key = first.create_key("k-busy", "--credit", "0.0021")  # 300 answers
+    before = [limiter_counts(server) for server in (first, second)]
+    admitted = hammer(urls, key)
+    assert admitted <= 300
+    leased = [
+        limiter_counts(server)["leased"] - counts["leased"]
+        for server, counts in zip((first, second), before, strict=True)
+    ]
+    assert all(n > 0 for n in leased), leased
+    time.sleep(0.3)  # idle: the leases give back what they hold
+    while found := statuses(fire(urls, [key], 16)).get(200, 0):
+        admitted += found
+    assert admitted == 300
+    flush(second)
+    assert spent(first, "api_keys", "k-busy") == (300 * ANSWER_PUSD, 300 * ANSWER_PUSD)
 
 
 def test_a_received_answer_survives_kill_9(

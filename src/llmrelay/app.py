@@ -104,9 +104,10 @@ def build_app(
     channels = ChannelManager(settings, router, local, ChannelStore(db))
     ledger = LedgerWriter(db, settings.resolved_journal_dir)
     metrics = Metrics()
-    metrics.register(router.breakers, local.stats, ledger.counts)
+    limiter = create_limiter(settings.redis_url, prefix=settings.redis_prefix)
+    metrics.register(router.breakers, local.stats, ledger.counts, limiter.counts)
     accounts = Accounts(
-        limiter=create_limiter(settings.redis_url, prefix=settings.redis_prefix),
+        limiter=limiter,
         ledger=ledger,
         prices=PriceBook(PriceStore(db)),
         estimate=channels.estimate,

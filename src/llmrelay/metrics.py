@@ -134,9 +134,12 @@ class Metrics:
         breakers: Mapping[str, CircuitBreaker],
         engine_stats: Callable[[], Mapping[str, Mapping[str, int]]],
         ledger_counts: Callable[[], Mapping[str, int]] = dict,
+        limiter_counts: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         """Expose these numbers, the app's state gauges and the process's own metrics."""
-        self.registry.register(MetricsCollector(self, breakers, engine_stats, ledger_counts))
+        self.registry.register(
+            MetricsCollector(self, breakers, engine_stats, ledger_counts, limiter_counts)
+        )
         ProcessCollector(registry=self.registry)
 
 
@@ -149,11 +152,13 @@ class MetricsCollector(Collector):
         breakers: Mapping[str, CircuitBreaker],
         engine_stats: Callable[[], Mapping[str, Mapping[str, int]]],
         ledger_counts: Callable[[], Mapping[str, int]] = dict,
+        limiter_counts: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.metrics = metrics
         self.breakers = breakers
         self.engine_stats = engine_stats
         self.ledger_counts = ledger_counts
+        self.limiter_counts = limiter_counts
 
     def collect(self) -> Iterable[Metric]:
         yield from self._requests()
@@ -161,6 +166,7 @@ class MetricsCollector(Collector):
         yield self._tokens()
         yield self._attempts()
         yield from self._ledger()
+        yield self._limiter()
         yield from self._state()
 
     def _requests(self) -> Iterable[Metric]:
@@ -231,6 +237,17 @@ class MetricsCollector(Collector):
         for what, count in counts.items():
             family.add_metric([what], count)
         yield family
+
+    def _limiter(self) -> Metric:
+        family = CounterMetricFamily(
+            "llmrelay_limiter",
+            "Shared (Redis) rate limits and budgets: script calls sent, lease renewals, "
+            "requests admitted from a lease without a round trip.",
+            labels=["what"],
+        )
+        for what, count in self.limiter_counts().items():
+            family.add_metric([what], count)
+        return family
 
     def _state(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(

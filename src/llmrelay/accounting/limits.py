@@ -64,6 +64,12 @@ STATE_TTL = 3600.0  # seconds idle budget state is kept
 Clock = Callable[[], float]
 
 
+class LocalHold(Protocol):
+    """Where a reservation made without a round trip is settled (a Redis limiter's lease)."""
+
+    def settle(self, reservation: Reservation, actual_cost: Money, token_delta: int) -> None: ...
+
+
 @dataclass(slots=True, eq=False)  # equal only to itself: it keys the in-memory holds
 class Reservation:
     """Money held for one request until :meth:`Limiter.settle`."""
@@ -76,6 +82,7 @@ class Reservation:
     # How the reservation is named in Redis: ``<id>:<amount>``, made once (the admit and the
     # settle both send it).
     member: str = ""
+    lease: LocalHold | None = None  # admitted from a lease: settled there, not in Redis
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
@@ -205,6 +212,10 @@ class Limiter(Protocol):
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Drop what is known of a key's or user's spend (after an admin changed it)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """For /metrics: what the limiter did (script calls, lease work), by name."""
         ...
 
     async def close(self) -> None: ...

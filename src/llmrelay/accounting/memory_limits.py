@@ -316,6 +316,9 @@ class MemoryLimiter:
             if account is not None:
                 account.spent = 0
 
+    def counts(self) -> dict[str, int]:
+        return {}  # nothing beyond the requests themselves
+
     async def close(self) -> None:
         self._keys.clear()
         self._users.clear()

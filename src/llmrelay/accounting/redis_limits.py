@@ -20,6 +20,12 @@ or user behave as consecutive calls, and answers each caller alone: a refusal
 of the batch (503; what the script did before the error stays done, and a reservation nobody
 learned of lapses after ``reservation_ttl``).
 
+Leases. A key this process sends many requests for gets a lease (``redis_leases.py``): a share
+of its buckets and money, taken in Redis by one item a period, from which
+:meth:`~RedisLimiter.admit_now` admits and :meth:`~RedisLimiter.finish_soon` settles without
+items of their own. A lease is granted only far from the key's limits, so near them every
+request is still one admit item.
+
 The keys, all under one hash tag so a Redis Cluster keeps them in one slot (``P`` is
 ``{prefix}``, by default ``{llmrelay}``):
 
@@ -28,7 +34,8 @@ The keys, all under one hash tag so a Redis Cluster keeps them in one slot (``P`
     the caller passed, raised whenever a later snapshot shows more, and increased by each
     settle; ``reserved``: the sum of unsettled reservations. Expire after ``state_ttl`` idle.
 ``P:key:<id>:held``, ``P:user:<id>:held`` (sorted set)
-    One member ``<reservation id>:<amount>`` per unsettled reservation, scored by its deadline
+    One member ``<reservation id>:<amount>`` per unsettled reservation (and one
+    ``L<id>:<amount>`` per lease holding money), scored by its deadline
     (ms since the epoch). A settle removes the member and subtracts the amount only if the
     member was still there, so a reservation is released exactly once; members past their
     deadline (a process killed mid-request) are released by the next reserve.
@@ -66,6 +73,7 @@ from llmrelay.accounting.limits import (
 )
 from llmrelay.accounting.money import Money
 from llmrelay.accounting.redis_batching import Batcher, Evalsha, unreachable
+from llmrelay.accounting.redis_leases import LEASE_PERIOD, Leases
 from llmrelay.accounting.redis_scripts import FORGET_LUA, STEP_LUA
 
 log = logging.getLogger(__name__)
@@ -94,7 +102,10 @@ class RedisLimiter:
         clock: Clock = time.time,
         reservation_ttl: float = RESERVATION_TTL,
         state_ttl: float = STATE_TTL,
+        lease_period: float = LEASE_PERIOD,
     ) -> None:
+        """``lease_period``: seconds between lease renewals (``redis_leases.py``); 0: no leases,
+        every request is admitted and settled in Redis."""
         self._owned = isinstance(redis, str)
         self.redis: Redis = (
             Redis.from_url(redis, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
@@ -116,6 +127,9 @@ class RedisLimiter:
         )
         self._key_names: dict[int, tuple[bytes, ...]] = {}
         self._user_names: dict[int, tuple[bytes, ...]] = {}
+        self.leases = None
+        if lease_period:
+            self.leases = Leases(self._batcher, self._both_names, lease_period)
 
     @property
     def batches(self) -> int:
@@ -141,6 +155,12 @@ class RedisLimiter:
             forms = tuple(f"{self.prefix}:{form.format(ident)}" for form in forms)
             names = cache[ident] = tuple(name.encode(*self._encoding) for name in forms)
         return names
+
+    def _both_names(self, key_id: int, user_id: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        return (
+            self._names(self._key_names, _KEY_NAMES, key_id),
+            self._names(self._user_names, _USER_NAMES, user_id),
+        )
 
     async def _admit(
         self,
@@ -201,8 +221,23 @@ class RedisLimiter:
         key_spent: Money,
         user_balance: Money | None,
         user_spent: Money,
-    ) -> None:
-        return None  # the state is in Redis: admission takes a round trip
+    ) -> tuple[RateStatus, Reservation] | None:
+        """From the key's lease when it has one that holds enough; None otherwise (the
+        state is in Redis: admission takes a round trip)."""
+        if self.leases is None:
+            return None
+        return self.leases.admit(
+            key_id,
+            user_id,
+            rpm,
+            tpm,
+            tokens,
+            amount,
+            key_credit,
+            key_spent,
+            user_balance,
+            user_spent,
+        )
 
     async def admit(
         self,
@@ -285,6 +320,9 @@ class RedisLimiter:
         """Queue one finish item (None: nothing to do, or ``quiet``: nobody waits)."""
         if type(actual_cost) is not int or actual_cost < 0:
             check_money(actual_cost, "actual_cost")
+        if reservation is not None and reservation.lease is not None:
+            reservation.lease.settle(reservation, actual_cost, token_delta)
+            return None
         key = self._key_names.get(key_id) or self._names(self._key_names, _KEY_NAMES, key_id)
         batcher = self._batcher
         add = batcher.add_quiet if quiet else functools.partial(batcher.add, urgent=False)
@@ -325,6 +363,8 @@ class RedisLimiter:
         await self.finish(None, 0, key_id, delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
+        if self.leases is not None and key_id is not None:
+            self.leases.forget(key_id)
         keys = [f"{self.prefix}:key:{key_id}"] if key_id is not None else []
         keys += [f"{self.prefix}:user:{user_id}"] if user_id is not None else []
         if keys:
@@ -333,7 +373,15 @@ class RedisLimiter:
             except RedisError as exc:
                 raise unreachable(exc) from exc
 
+    def counts(self) -> dict[str, int]:
+        found = {"script_calls": self._batcher.sent}
+        if self.leases is not None:
+            found |= {"lease_renewals": self.leases.renewals, "leased": self.leases.admitted}
+        return found
+
     async def close(self) -> None:
+        if self.leases is not None:
+            await self.leases.close()
         await self._batcher.close()
         await self._script.close()
         if self._owned:

@@ -163,6 +163,73 @@ local function add_tokens(tok, now, delta)
   if lvl > limit * W then lvl = limit * W end
   save(tok, lvl, limit, now)
 end
+
+-- Leases (accounting/redis_leases.py): what one process holds of a key's buckets and money.
+-- Give back bucket units a lease took (negative: take more), within the bucket's bounds.
+local function give_back(key, units, limit, now)
+  if units == 0 then return end
+  local lvl = level(key, limit, now) + units
+  if lvl > limit * W then lvl = limit * W end
+  if lvl < -limit * W then lvl = -limit * W end
+  save(key, lvl, limit, now)
+end
+-- Renew a lease: release its member, count what it spent, give back the units it returns, and
+-- grant what it asks for if that leaves at least as much as it takes (all or nothing); the
+-- money it keeps (requests under way, what it has not used) stays held either way. `f` is the
+-- item's fields (see STEP_LUA). Answers "granted,rl,tl".
+local function lease(f, req, tok, kh, kz, uh, uz, now, deadline, ttl)
+  local rpm, tpm, money = tonumber(f[15]), tonumber(f[16]), f[10]
+  if money then
+    if f[4] then
+      for _, pair in ipairs({{kh, kz}, {uh, uz}}) do
+        if redis.call('ZREM', pair[2], f[4]) == 1 then release(pair[1], f[5]) end
+      end
+    end
+    if f[6] ~= '0' then
+      for _, hash in ipairs({kh, uh}) do
+        if redis.call('EXISTS', hash) == 1 then redis.call('HINCRBY', hash, 'spent', f[6]) end
+      end
+    end
+  end
+  if rpm then give_back(req, tonumber(f[7]), rpm, now) end
+  if tpm then give_back(tok, tonumber(f[8]), tpm, now) end
+  local asked, asked_tokens = tonumber(f[13]), tonumber(f[14])
+  local granted = true
+  local rl, tl = -1, -1
+  if rpm then
+    rl = level(req, rpm, now)
+    granted = granted and (asked == 0 or rl >= 2 * asked)
+  end
+  if tpm then
+    tl = level(tok, tpm, now)
+    granted = granted and (asked_tokens == 0 or tl >= 2 * asked_tokens)
+  end
+  if money then
+    lapse(kh, kz, ARGV[1])  -- (the time as sent: a number would be formatted as a float)
+    lapse(uh, uz, ARGV[1])
+    local key_used = learn(kh, f[18])
+    local user_used = learn(uh, f[20])
+    local want = big(f[12])
+    if f[17] and cmp(add(key_used, want), big(f[17])) > 0 then granted = false end
+    if f[19] and cmp(add(user_used, want), big(f[19])) > 0 then granted = false end
+  end
+  if granted then
+    if rpm and asked > 0 then rl = rl - asked; save(req, rl, rpm, now) end
+    if tpm and asked_tokens > 0 then tl = tl - asked_tokens; save(tok, tl, tpm, now) end
+  end
+  if money then
+    local amount = money
+    if granted then amount = f[11] end
+    if amount ~= '0' then
+      for _, pair in ipairs({{kh, kz}, {uh, uz}}) do
+        redis.call('HINCRBY', pair[1], 'reserved', amount)
+        redis.call('ZADD', pair[2], deadline, f[9] .. ':' .. amount)
+      end
+    end
+    for _, name in ipairs({kh, kz, uh, uz}) do redis.call('PEXPIRE', name, ttl) end
+  end
+  return string.format('%d,%d,%d', granted and 1 or 0, rl, tl)
+end
 """
 )
 
@@ -178,12 +245,21 @@ STEP_LUA = (
 --   finish: "f member amount cost token_delta" (member none: nothing to settle, and the user
 --           group is none too; the key group is that of the key whose tokens are corrected,
 --           the reservation's key is the same key). It answers "0".
+--   lease:  "l old_member old_amount spent returned_requests returned_tokens lease_id kept
+--           granted_amount wanted_amount requests tokens rpm tpm key_credit key_spent funded
+--           user_spent": bucket units given back and asked for (requests, tokens); the money
+--           kept held, granted_amount (kept + the money asked for) and wanted_amount (kept +
+--           twice that), none when the key's money is not limited. It answers
+--           "granted,rl,tl" (granted 1 or 0; the levels after it, -1: no limit).
 local now, deadline, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local out = {}
 for n = 4, #ARGV do
   local f = fields(ARGV[n])
   local k, u = tonumber(f[1]), tonumber(f[2])
-  if f[3] == 'f' then
+  if f[3] == 'l' then
+    out[n - 3] = lease(f, KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1],
+                       now, deadline, ttl)
+  elseif f[3] == 'f' then
     if f[4] then
       settle(KEYS[k + 2], KEYS[k + 3], KEYS[u], KEYS[u + 1], f[4], f[5], f[6], ttl)
     end
