@@ -1,13 +1,18 @@
 """What accounting costs: llmrelay in front of the fast upstream with accounting off, on with
 SQLite, and on with PostgreSQL + Redis, in one run.
 
-    .venv/bin/python -m bench.accounting --seconds 5 --rounds 3
+    .venv/bin/python -m bench.accounting --seconds 2 --pairs 9
 
 Each configuration is one server with one channel to ``bench/fast_upstream.py`` and a price for
 the model. wrk drives ``POST /v1/chat/completions`` (non-streaming and 3-chunk streams) at
 concurrency 32 with two keys: the admin key (no limits: the ledger row only) and a metered key
-(a credit, RPM and TPM: rate check, reservation, settlement and the ledger row). Rounds rotate
-the order of the configurations; the table shows medians and the ratio to accounting off.
+(a credit, RPM and TPM: rate check, reservation, settlement and the ledger row).
+
+These shared machines change speed by 10-25% over tens of seconds, more than the differences
+measured, so one long run per configuration cannot tell them apart. Instead each row is
+``--pairs`` pairs of short slices: accounting off, then the configuration (or the other way
+round, alternating), back to back, and a pair's ratio compares two slices run within seconds of
+each other. The table shows the median ratio and its quartiles, and medians of the raw values.
 """
 
 from __future__ import annotations
@@ -72,44 +77,79 @@ def configs(upstream: str, pg_url: str) -> dict[str, dict[str, Any]]:
     }
 
 
-Row = tuple[str, str, str]
+Row = tuple[str, str, str]  # (mode, configuration, key)
+Slice = tuple[float, float]  # (req/s, llmrelay CPU µs per request)
+
+
+def run_slice(server: tuple[str, str, int], who: str, body: dict[str, Any], seconds: int) -> Slice:
+    url, key, pid = server
+    secret = ADMIN_KEY if who == "admin" else key
+    before = cpu_seconds(pid)
+    rps = wrk(url + "/v1/chat/completions", body, 32, seconds, secret)["rps"]
+    return rps, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
 
 
 def measure(
-    servers: dict[str, tuple[str, str, int]], seconds: int, rounds: int
-) -> dict[Row, tuple[float, float]]:
-    """Median req/s and llmrelay CPU µs per request, per (mode, configuration, key)."""
-    results: dict[Row, list[tuple[float, float]]] = {}
-    names = list(servers)
-    for round_ in range(rounds):
-        order = names[round_ % len(names) :] + names[: round_ % len(names)]
-        for stream in (False, True):
-            body = {
-                "model": "bench",
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 3,
-                "stream": stream,
-            }
-            mode = "stream" if stream else "json"
-            for name in order:
-                url, key, pid = servers[name]
-                for who, secret in (("admin", ADMIN_KEY), ("metered", key)):
-                    target = url + "/v1/chat/completions"
-                    wrk(target, body, 32, 1, secret)
-                    before = cpu_seconds(pid)
-                    rps = wrk(target, body, 32, seconds, secret)["rps"]
-                    cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
-                    results.setdefault((mode, name, who), []).append((rps, cpu))
-    return {
-        k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
-        for k, v in results.items()
-    }
+    servers: dict[str, tuple[str, str, int]], seconds: int, pairs: int
+) -> dict[Row, list[tuple[Slice, Slice]]]:
+    """For each (mode, configuration, key): ``pairs`` pairs of slices, (off, configuration),
+    each pair run back to back, the pair's order alternating and the configurations rotating,
+    so that the machine's drift weighs on both slices of a pair alike."""
+    results: dict[Row, list[tuple[Slice, Slice]]] = {}
+    others = [name for name in servers if name != "off"]
+    for stream in (False, True):
+        body = {
+            "model": "bench",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "stream": stream,
+        }
+        mode = "stream" if stream else "json"
+        for who in ("admin", "metered"):
+            for server in servers.values():
+                run_slice(server, who, body, 1)  # warm up: connections, caches, bytecode
+            for i in range(pairs):
+                for name in others[i % len(others) :] + others[: i % len(others)]:
+                    if i % 2 == 0:
+                        off = run_slice(servers["off"], who, body, seconds)
+                        on = run_slice(servers[name], who, body, seconds)
+                    else:
+                        on = run_slice(servers[name], who, body, seconds)
+                        off = run_slice(servers["off"], who, body, seconds)
+                    results.setdefault((mode, name, who), []).append((off, on))
+    return results
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """The 25th, 50th and 75th percentiles."""
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def report(results: dict[Row, list[tuple[Slice, Slice]]]) -> None:
+    print(
+        "| mode | accounting | key | off req/s | req/s | vs off (p25-p75) "
+        "| off CPU µs/req | CPU µs/req | CPU vs off (p25-p75) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for (mode, name, who), found in sorted(results.items()):
+        rps = quartiles([on[0] / off[0] for off, on in found])
+        cpu = quartiles([on[1] / off[1] for off, on in found])
+        print(
+            f"| {mode} | {name} | {who} "
+            f"| {statistics.median(off[0] for off, _ in found):.0f} "
+            f"| {statistics.median(on[0] for _, on in found):.0f} "
+            f"| **{rps[1]:.3f}** ({rps[0]:.3f}-{rps[2]:.3f}) "
+            f"| {statistics.median(off[1] for off, _ in found):.0f} "
+            f"| {statistics.median(on[1] for _, on in found):.0f} "
+            f"| {cpu[1]:.3f} ({cpu[0]:.3f}-{cpu[2]:.3f}) |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=2, help="length of one slice")
+    parser.add_argument("--pairs", type=int, default=9, help="pairs of slices per row")
     args = parser.parse_args()
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
@@ -126,17 +166,10 @@ def main() -> None:
                 pids: list[int] = []
                 url = stack.enter_context(running_server(config, pids=pids))
                 servers[name] = (url, metered_key(url), pids[0])
-            medians = measure(servers, args.seconds, args.rounds)
+            results = measure(servers, args.seconds, args.pairs)
     finally:
         drop_database(pg_url)
-    print("| mode | accounting | key | req/s | vs off | CPU µs/request | vs off |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for (mode, name, who), (rps, cpu) in sorted(medians.items()):
-        off_rps, off_cpu = medians[(mode, "off", who)]
-        print(
-            f"| {mode} | {name} | {who} | {rps:.0f} | {rps / off_rps:.2f} "
-            f"| {cpu:.0f} | {cpu / off_cpu:.2f} |"
-        )
+    report(results)
 
 
 if __name__ == "__main__":
