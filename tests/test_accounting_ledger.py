@@ -215,7 +215,8 @@ def test_batches_keep_to_their_size_and_form_without_a_delay(url: str, journal: 
 def test_a_row_the_database_refuses_is_dropped_alone(url: str, journal: Path) -> None:
     async def work(db: Database) -> dict[str, Any]:
         ids = await _accounts(db)
-        bad = LedgerRow(request_id="bad", model="m", status=200, key_id=999_999, cost_pusd=1)
+        # A row the database refuses for what it holds (a NULL model).
+        bad = LedgerRow(request_id="bad", model=None, status=200, cost_pusd=1)
         async with LedgerWriter(db, journal, max_delay=0.01) as writer:
             rows = [_row(f"r{i}", ids) for i in range(10)]
             rows.insert(5, bad)
@@ -260,7 +261,8 @@ def test_rows_written_one_by_one_before_the_database_went_away_are_not_written_t
         async def work() -> tuple[dict[str, int], dict[str, Any]]:
             db = Database(url)
             ids = await _accounts(db)
-            bad = LedgerRow(request_id="bad", model="m", status=200, key_id=999_999, cost_pusd=1)
+            # A row the database refuses for what it holds (a NULL model).
+            bad = LedgerRow(request_id="bad", model=None, status=200, cost_pusd=1)
             rows = [_row("r0", ids), _row("r1", ids), bad, _row("r3", ids), _row("r4", ids)]
             async with LedgerWriter(db, tmp_path / "journal", max_delay=0.01) as writer:
                 # The batch is refused (the bad row), r0, r1 and bad go one by one, then the

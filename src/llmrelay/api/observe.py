@@ -16,7 +16,7 @@ from typing import Protocol
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmrelay.dialects.render import new_id
+from llmrelay.dialects.render import sortable_id
 from llmrelay.logs import REQUEST_ID
 from llmrelay.metrics import Metrics
 from llmrelay.stream import Usage
@@ -118,7 +118,7 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
             request_id = value.decode()
-    return request_id or new_id("req", "_")
+    return request_id or sortable_id("req", "_")
 
 
 def _access_line(scope: Scope, ex: Exchange, status: int, seconds: float) -> None:

@@ -113,8 +113,10 @@ class Ledger(Base):
     request_id: Mapped[str] = mapped_column(String(64), index=True)
     # In UTC: SQLite keeps the wall time without its zone, and reports group by UTC day.
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    # The key's and the user's ids, without foreign keys (migration 0006: they cost the
+    # database a lookup and a row lock of each for every row; keys and users are never deleted).
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     model: Mapped[str] = mapped_column(String(200))
     channel: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
