@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import marshal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from llmrelay.accounting.journal import SEGMENT_BYTES, Journal, orphans
@@ -24,6 +27,29 @@ def test_rows_come_back_in_order_and_past_the_mark(tmp_path: Path) -> None:
     assert list(orphan.rows(after=2)) == [(3, _row(3)), (4, _row(4))]
     orphan.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_values_json_cannot_hold_and_journals_of_earlier_versions_come_back(
+    tmp_path: Path,
+) -> None:
+    huge = (*_row(1)[:5], 2**70, *_row(1)[6:])  # beyond 64 bits: this record is marshalled
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, _row(0))
+    journal.append(1, huge)
+    journal.close(remove=False)
+    [segment] = tmp_path.glob("*.seg")
+    data = segment.read_bytes()
+    assert data[8:9] == b"["  # the first record is JSON
+    # A record as earlier versions wrote every one (marshal, version 4) after them.
+    end = 8 + int.from_bytes(data[:4], "little")
+    end += 8 + int.from_bytes(data[end : end + 4], "little")
+    old = marshal.dumps((2, _row(2)))
+    record = struct.pack("<II", len(old), zlib.crc32(old)) + old
+    segment.write_bytes(data[:end] + record + data[end + len(record) :])
+    [orphan] = orphans(tmp_path)
+    assert list(orphan.rows(after=-1)) == [(0, _row(0)), (1, huge), (2, _row(2))]
+    orphan.remove()
 
 
 def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:

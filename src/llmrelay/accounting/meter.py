@@ -159,8 +159,10 @@ class Meter:
 
     def _row(self, usage: Usage | None, status: int, error: str | None) -> tuple[Record, Money]:
         """The ledger row (the values of ``LedgerRow``, in its order) and the cost."""
-        elapsed = time.perf_counter() - self.started
-        ttft = round((self.first_chunk - self.started) * 1000) if self.first_chunk else None
+        started = self.started
+        # Milliseconds, rounded (int() of a float costs less than round()).
+        latency = int((time.perf_counter() - started) * 1000 + 0.5)
+        ttft = int((self.first_chunk - started) * 1000 + 0.5) if self.first_chunk else None
         if usage is None:
             usage, cost = _NOTHING_USED, 0
         else:
@@ -181,7 +183,7 @@ class Meter:
             usage.estimated,
             request.stream,
             cost,
-            round(elapsed * 1000),
+            latency,
             ttft,
             error,
             self.accounts.ledger.now(),
@@ -194,9 +196,13 @@ class Meter:
         delta = 0
         if self.rate is not None and self.key.tpm is not None:
             delta = (usage.total_tokens if usage is not None else 0) - self.tokens
+        reservation = self.reservation
+        if reservation is not None and reservation.lease is not None:
+            reservation.lease.settle(reservation, cost, delta)  # admitted without a round trip
+            return
         # Settling late is safe (the reservation holds the worst case until then), so the
         # response does not wait for it.
-        self.accounts.limiter.finish_soon(self.reservation, cost, self.key.id, delta)
+        self.accounts.limiter.finish_soon(reservation, cost, self.key.id, delta)
 
     def close(self, usage: Usage | None, *, status: int = 200, error: str | None = None) -> None:
         """Settle and record the ledger row; raises if the row could not be recorded."""

@@ -18,9 +18,13 @@ from typing import Protocol
 
 from llmrelay.accounting.money import Money
 
+# Picodollars per token: input, cached input, output, reasoning output, per search call, the
+# dearer input and the dearer output price (see :func:`rates`).
+Rates = tuple[Money, Money, Money, Money, Money, Money, Money]
+
 
 class PriceLike(Protocol):
-    """A price row (``store.prices.PriceRecord`` or the ``prices`` table); picodollars/token."""
+    """A price (``store.prices.PriceRecord``), in picodollars per token."""
 
     @property
     def input_pusd(self) -> Money: ...
@@ -36,6 +40,9 @@ class PriceLike(Protocol):
 
     @property
     def per_search_pusd(self) -> Money: ...
+
+    @property
+    def rates(self) -> Rates: ...  # rates(self), made once per price (it is on every request)
 
 
 class TokenCounts(Protocol):
@@ -75,14 +82,6 @@ class Consumption:
         )
 
 
-def _counts_ok(*values: int) -> bool:
-    """The common case, cheaply: every value a non-negative int (bool is not one)."""
-    for value in values:  # noqa: SIM110 (a loop: all() over a generator costs twice as much)
-        if type(value) is not int or value < 0:
-            return False
-    return True
-
-
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -99,60 +98,65 @@ def reasoning_price(price: PriceLike) -> Money:
     return price.output_pusd if price.reasoning_pusd is None else price.reasoning_pusd
 
 
+def rates(price: PriceLike) -> Rates:
+    """Which price applies to which token: input, cached input, output, reasoning output, per
+    search call, then the dearer of the two input and of the two output prices (what a
+    reservation holds for tokens not counted yet)."""
+    cached, reasoning = cached_input_price(price), reasoning_price(price)
+    return (
+        price.input_pusd,
+        cached,
+        price.output_pusd,
+        reasoning,
+        price.per_search_pusd,
+        max(price.input_pusd, cached),
+        max(price.output_pusd, reasoning),
+    )
+
+
 def cost(price: PriceLike | None, used: Consumption) -> Money:
     """The exact cost of ``used``; a model without a price (None) is free.
 
     Cached tokens beyond the prompt tokens, or reasoning tokens beyond the completion tokens
     (an upstream that counts them apart), are capped so that no token is charged twice.
     """
-    return _cost(
-        price,
-        used.prompt_tokens,
-        used.completion_tokens,
-        used.cached_tokens,
-        used.reasoning_tokens,
-        used.search_calls,
-    )
+    return usage_cost(price, used, search_calls=used.search_calls)
 
 
-def _cost(
-    price: PriceLike | None,
-    prompt: int,
-    completion: int,
-    cached: int,
-    reasoning: int,
-    searches: int,
-) -> Money:
-    if not _counts_ok(prompt, completion, cached, reasoning, searches):
+def usage_cost(price: PriceLike | None, usage: TokenCounts, *, search_calls: int = 0) -> Money:
+    """:func:`cost` of a ``stream.Usage``. (It runs for every request: checks and sums are
+    written out, without helper calls.)"""
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    cached, reasoning = usage.cached_tokens, usage.reasoning_tokens
+    if not (
+        type(prompt) is type(completion) is type(cached) is type(reasoning) is int
+        and type(search_calls) is int
+        and prompt >= 0
+        and completion >= 0
+        and cached >= 0
+        and reasoning >= 0
+        and search_calls >= 0
+    ):
         _check_counts(
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=cached,
             reasoning_tokens=reasoning,
-            search_calls=searches,
+            search_calls=search_calls,
         )
     if price is None:
         return 0
-    cached = min(cached, prompt)
-    reasoning = min(reasoning, completion)
+    if cached > prompt:
+        cached = prompt
+    if reasoning > completion:
+        reasoning = completion
+    per_input, per_cached, per_output, per_reasoning, per_search, _, _ = price.rates
     return (
-        (prompt - cached) * price.input_pusd
-        + cached * cached_input_price(price)
-        + (completion - reasoning) * price.output_pusd
-        + reasoning * reasoning_price(price)
-        + searches * price.per_search_pusd
-    )
-
-
-def usage_cost(price: PriceLike | None, usage: TokenCounts, *, search_calls: int = 0) -> Money:
-    """:func:`cost` of a ``stream.Usage``."""
-    return _cost(
-        price,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.cached_tokens,
-        usage.reasoning_tokens,
-        search_calls,
+        (prompt - cached) * per_input
+        + cached * per_cached
+        + (completion - reasoning) * per_output
+        + reasoning * per_reasoning
+        + search_calls * per_search
     )
 
 
@@ -165,15 +169,15 @@ def worst_case(
     tokens the request allows (its ``max_tokens``/``max_completion_tokens``, else what the
     model's context leaves), ``max_searches`` the most web-search calls it may make.
     """
-    if not _counts_ok(prompt_tokens, max_tokens, max_searches):
+    if not (
+        type(prompt_tokens) is type(max_tokens) is type(max_searches) is int
+        and prompt_tokens >= 0
+        and max_tokens >= 0
+        and max_searches >= 0
+    ):
         _check_counts(prompt_tokens=prompt_tokens, max_tokens=max_tokens, max_searches=max_searches)
     if price is None:
         return 0
-    per_input = cached_input_price(price)
-    if price.input_pusd > per_input:
-        per_input = price.input_pusd
-    per_output = reasoning_price(price)
-    if price.output_pusd > per_output:
-        per_output = price.output_pusd
-    cost = prompt_tokens * per_input + max_tokens * per_output
-    return cost + max_searches * price.per_search_pusd if max_searches else cost
+    found = price.rates
+    cost = prompt_tokens * found[5] + max_tokens * found[6]
+    return cost + max_searches * found[4] if max_searches else cost

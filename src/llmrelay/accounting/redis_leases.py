@@ -103,7 +103,8 @@ class Lease:
         status = RateStatus(
             rpm, self.requests_level + self.requests, tpm, self.tokens_level + self.tokens
         )
-        return status, Reservation(self.key_id, self.terms[0], amount, lease=self)
+        # (By position: keywords cost more. The id and member are for Redis reservations.)
+        return status, Reservation(self.key_id, self.terms[0], amount, "", False, "", self)
 
     def settle(self, reservation: Reservation, actual_cost: Money, token_delta: int) -> None:
         if reservation.settled:

@@ -5,7 +5,7 @@ What a request costs under a price is ``llmrelay.accounting.pricing``'s business
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from llmrelay.accounting.money import Money
+from llmrelay.accounting.pricing import Rates, cached_input_price, rates, reasoning_price
 from llmrelay.store.db import Database
 from llmrelay.store.tables import Price
 
@@ -34,14 +35,18 @@ class PriceRecord:
     reasoning_pusd: Money | None = None  # None: the output price
     per_search_pusd: Money = 0
     updated_at: datetime | None = None
+    rates: Rates = field(init=False, repr=False, compare=False)  # pricing.rates(self)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rates", rates(self))  # (frozen: set once, here)
 
     @property
     def cached_input(self) -> Money:
-        return self.input_pusd if self.cached_input_pusd is None else self.cached_input_pusd
+        return cached_input_price(self)
 
     @property
     def reasoning(self) -> Money:
-        return self.output_pusd if self.reasoning_pusd is None else self.reasoning_pusd
+        return reasoning_price(self)
 
 
 def _record(row: Any) -> PriceRecord:
