@@ -4,13 +4,16 @@ over as many requests as it is at full speed.
 Under valgrind the server answers about a hundred requests a second instead of thousands, so
 work done per batch or per second would weigh fifty times more on each request than it does in
 production: the ledger commits a batch every 5 s instead of every 100 ms (about as many rows a
-batch as at full speed) and prices are reloaded every 10 minutes instead of every 2 s.
+batch as at full speed), prices are reloaded every 10 minutes instead of every 2 s, and Redis
+leases are renewed every 2.5 s instead of every 50 ms (so a key is as busy in a lease period as
+at full speed, and gets a lease).
 """
 
-from llmrelay.accounting import ledger, meter
+from llmrelay.accounting import ledger, meter, redis_limits
 from llmrelay.cli import main
 
 ledger.LedgerWriter.__init__.__kwdefaults__["max_delay"] = 5.0
 meter.PriceBook.__init__.__defaults__ = (600.0,)
+redis_limits.RedisLimiter.__init__.__kwdefaults__["lease_period"] = 2.5
 
 raise SystemExit(main())
