@@ -160,6 +160,19 @@ def test_a_lowered_limit_applies_at_once(backend: Backend) -> None:
     run(work())
 
 
+def test_a_limit_added_to_a_limited_key_starts_full(backend: Backend) -> None:
+    async def work() -> None:
+        limiter = backend.make()
+        await limiter.check_rate(1, None, 1000, 10)  # a TPM only
+        passed, refused = await _burst([limiter], 5, rpm=3, tpm=1000)
+        assert len(passed) == 3 and len(refused) == 2
+        assert passed[0].headers()["x-ratelimit-remaining-requests"] == "2"
+        assert passed[0].headers()["x-ratelimit-remaining-tokens"] == "989"  # 10, then 1
+        await limiter.close()
+
+    run(work())
+
+
 def test_real_concurrency_across_redis_connections() -> None:
     """Four limiters with their own connections, many requests at once, the real clock."""
     import time

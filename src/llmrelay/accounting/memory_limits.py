@@ -23,7 +23,6 @@ from llmrelay.accounting.limits import (
     check_money,
     quota_error,
     rate_error,
-    refill,
     refused_outright,
     wait_ms,
 )
@@ -43,10 +42,32 @@ _Hold = tuple[_Account, _Account, int]  # the key's and the user's accounts, the
 
 
 @dataclass(slots=True)
-class _Bucket:
-    level: int
+class _Rates:
+    """A key's RPM and TPM buckets, refilled together. Levels are bucket units: a bucket gains
+    its limit in units every ms, up to one minute's worth; a limit of None has no bucket."""
+
+    rpm: int | None
+    requests: int
+    tpm: int | None
+    tokens: int
     at_ms: int
-    limit: int
+
+    def refill(self, now: int, rpm: int | None, tpm: int | None) -> None:
+        """Both levels at ``now``, under the key's limits as they are now (a bucket that had no
+        limit starts full)."""
+        elapsed = now - self.at_ms if now > self.at_ms else 0
+        if rpm is not None:
+            full = rpm * WINDOW_MS
+            level = self.requests + elapsed * rpm if self.rpm is not None else full
+            self.requests = level if level < full else full
+        if tpm is not None:
+            full = tpm * WINDOW_MS
+            level = self.tokens + elapsed * tpm if self.tpm is not None else full
+            self.tokens = level if level < full else full
+        self.rpm = rpm
+        self.tpm = tpm
+        if elapsed:
+            self.at_ms = now
 
 
 class MemoryLimiter:
@@ -71,8 +92,7 @@ class MemoryLimiter:
         self._users: dict[int, _Account] = {}
         self._holds: dict[Reservation, _Hold] = {}
         self._next_lapse_ms: float = math.inf
-        self._requests: dict[int, _Bucket] = {}  # per key: its RPM bucket
-        self._tokens: dict[int, _Bucket] = {}  # per key: its TPM bucket
+        self._rates: dict[int, _Rates] = {}  # per key with an RPM or TPM: its buckets
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -162,63 +182,47 @@ class MemoryLimiter:
 
     # -- rates ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _bucket(table: dict[int, _Bucket], key_id: int, limit: int, now: int) -> _Bucket:
-        """The key's bucket, refilled up to ``now`` (it gains ``limit`` units per ms)."""
-        bucket = table.get(key_id)
-        if bucket is None:
-            bucket = table[key_id] = _Bucket(limit * WINDOW_MS, now, limit)
-        elif now > bucket.at_ms or limit != bucket.limit:
-            bucket.level = refill(bucket.level, bucket.at_ms, now, limit)
-            bucket.at_ms = now
-            bucket.limit = limit
-        return bucket
-
     def _check_rate(
         self, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: int = 0
     ) -> RateStatus:
         if rpm is None and tpm is None:
-            if self._requests or self._tokens:
-                self._requests.pop(key_id, None)
-                self._tokens.pop(key_id, None)
+            if self._rates:
+                self._rates.pop(key_id, None)
             return _NO_LIMITS
         if tokens < 0:
             tokens = 0
         if rpm == 0 or (tpm is not None and tokens > tpm):
             raise refused_outright(rpm, tpm, tokens) or AssertionError("not refused")
         now = now or self._now()
+        rates = self._rates.get(key_id)
+        if rates is None:
+            rates = _Rates(rpm, 0, tpm, 0, now)
+            rates.requests = rpm * WINDOW_MS if rpm is not None else 0
+            rates.tokens = tpm * WINDOW_MS if tpm is not None else 0
+            self._rates[key_id] = rates
+        elif now > rates.at_ms or rpm != rates.rpm or tpm != rates.tpm:
+            rates.refill(now, rpm, tpm)
         need = tokens * WINDOW_MS
-        requests = token_bucket = None
+        requests = rates.requests if rpm is not None else 0
+        tokens_level = rates.tokens if tpm is not None else 0
+        if (rpm is not None and requests < WINDOW_MS) or (tpm is not None and tokens_level < need):
+            raise _refusal(rates, need)
         if rpm is not None:
-            requests = self._bucket(self._requests, key_id, rpm, now)
-        elif self._requests:
-            self._requests.pop(key_id, None)
+            requests = rates.requests = requests - WINDOW_MS
         if tpm is not None:
-            token_bucket = self._bucket(self._tokens, key_id, tpm, now)
-        elif self._tokens:
-            self._tokens.pop(key_id, None)
-        if (requests is not None and requests.level < WINDOW_MS) or (
-            token_bucket is not None and token_bucket.level < need
-        ):
-            raise _refusal(rpm, requests, tpm, token_bucket, need)
-        requests_level = tokens_level = 0
-        if requests is not None:
-            requests_level = requests.level = requests.level - WINDOW_MS
-        if token_bucket is not None:
-            tokens_level = token_bucket.level = token_bucket.level - need
-        return RateStatus(rpm, requests_level, tpm, tokens_level)
+            tokens_level = rates.tokens = tokens_level - need
+        return RateStatus(rpm, requests, tpm, tokens_level)
 
     def _add_tokens(self, key_id: int, delta: int) -> None:
         if not delta:
             return
-        bucket = self._tokens.get(key_id)
-        if bucket is None:
+        rates = self._rates.get(key_id)
+        if rates is None or rates.tpm is None:
             return
-        now = int(self._clock() * 1000)
-        full = bucket.limit * WINDOW_MS
-        level = refill(bucket.level, bucket.at_ms, now, bucket.limit) - delta * WINDOW_MS
-        bucket.level = full if level > full else -full if level < -full else level
-        bucket.at_ms = now
+        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)
+        full = rates.tpm * WINDOW_MS
+        level = rates.tokens - delta * WINDOW_MS
+        rates.tokens = full if level > full else -full if level < -full else level
 
     # -- the protocol: the async methods run the synchronous ones -------------------------
 
@@ -324,32 +328,24 @@ class MemoryLimiter:
         self._users.clear()
         self._holds.clear()
         self._next_lapse_ms = math.inf
-        self._requests.clear()
-        self._tokens.clear()
+        self._rates.clear()
 
 
 _NO_LIMITS = RateStatus()
 
 
-def _status(
-    rpm: int | None, requests: _Bucket | None, tpm: int | None, tokens: _Bucket | None
-) -> RateStatus:
-    return RateStatus(
-        rpm=rpm,
-        requests_level=requests.level if requests is not None else 0,
-        tpm=tpm,
-        tokens_level=tokens.level if tokens is not None else 0,
-    )
-
-
-def _refusal(
-    rpm: int | None, requests: _Bucket | None, tpm: int | None, tokens: _Bucket | None, need: int
-) -> RateLimited:
+def _refusal(rates: _Rates, need: int) -> RateLimited:
     """The 429 of a request its buckets do not hold enough for."""
     request_wait = token_wait = 0
-    if requests is not None and requests.level < WINDOW_MS:
-        request_wait = wait_ms(requests.level, WINDOW_MS, requests.limit)
-    if tokens is not None and tokens.level < need:
-        token_wait = wait_ms(tokens.level, need, tokens.limit)
+    if rates.rpm is not None and rates.requests < WINDOW_MS:
+        request_wait = wait_ms(rates.requests, WINDOW_MS, rates.rpm)
+    if rates.tpm is not None and rates.tokens < need:
+        token_wait = wait_ms(rates.tokens, need, rates.tpm)
+    status = RateStatus(
+        rates.rpm,
+        rates.requests if rates.rpm is not None else 0,
+        rates.tpm,
+        rates.tokens if rates.tpm is not None else 0,
+    )
     short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
-    return rate_error(_status(rpm, requests, tpm, tokens), max(request_wait, token_wait), short)
+    return rate_error(status, max(request_wait, token_wait), short)
