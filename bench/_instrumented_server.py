@@ -6,14 +6,28 @@ work done per batch or per second would weigh fifty times more on each request t
 production: the ledger commits a batch every 5 s instead of every 100 ms (about as many rows a
 batch as at full speed), prices are reloaded every 10 minutes instead of every 2 s, and Redis
 leases are renewed every 2.5 s instead of every 50 ms (so a key is as busy in a lease period as
-at full speed, and gets a lease).
+at full speed, and gets a lease). Cached keys are looked up again every 20 s instead of every
+0.5 s: a lookup is a database query, thousands of instructions, which at a hundred requests a
+second weighed on every request as much as its accounting did.
 """
 
+from llmrelay import auth
 from llmrelay.accounting import ledger, meter, redis_limits
 from llmrelay.cli import main
+from llmrelay.store.keys import KeyStore
+
+_authenticator_init = auth.Authenticator.__init__
+
+
+def _slow_key_cache(
+    self: auth.Authenticator, keys: KeyStore, *, cache_seconds: float = 0.5
+) -> None:
+    _authenticator_init(self, keys, cache_seconds=cache_seconds * 40)
+
 
 ledger.LedgerWriter.__init__.__kwdefaults__["max_delay"] = 5.0
 meter.PriceBook.__init__.__defaults__ = (600.0,)
 redis_limits.RedisLimiter.__init__.__kwdefaults__["lease_period"] = 2.5
+auth.Authenticator.__init__ = _slow_key_cache  # type: ignore[method-assign]
 
 raise SystemExit(main())

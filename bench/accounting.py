@@ -90,22 +90,26 @@ def run_slice(server: tuple[str, str, int], who: str, body: dict[str, Any], seco
 
 
 def measure(
-    servers: dict[str, tuple[str, str, int]], seconds: int, pairs: int
+    servers: dict[str, tuple[str, str, int]],
+    seconds: int,
+    pairs: int,
+    modes: tuple[str, ...] = ("json", "stream"),
+    keys: tuple[str, ...] = ("admin", "metered"),
 ) -> dict[Row, list[tuple[Slice, Slice]]]:
     """For each (mode, configuration, key): ``pairs`` pairs of slices, (off, configuration),
     each pair run back to back, the pair's order alternating and the configurations rotating,
     so that the machine's drift weighs on both slices of a pair alike."""
     results: dict[Row, list[tuple[Slice, Slice]]] = {}
     others = [name for name in servers if name != "off"]
-    for stream in (False, True):
+    for mode in modes:
+        stream = mode == "stream"
         body = {
             "model": "bench",
             "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 3,
             "stream": stream,
         }
-        mode = "stream" if stream else "json"
-        for who in ("admin", "metered"):
+        for who in keys:
             for server in servers.values():
                 run_slice(server, who, body, 1)  # warm up: connections, caches, bytecode
             for i in range(pairs):
@@ -150,7 +154,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=2, help="length of one slice")
     parser.add_argument("--pairs", type=int, default=9, help="pairs of slices per row")
+    parser.add_argument("--only", default="", help="comma-separated configurations besides off")
+    parser.add_argument("--modes", default="json,stream", help="comma-separated: json, stream")
+    parser.add_argument("--keys", default="admin,metered", help="comma-separated: admin, metered")
     args = parser.parse_args()
+    only = {"off", *args.only.split(",")} if args.only else None
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     pg_url = postgres_database()
@@ -163,10 +171,13 @@ def main() -> None:
             )
             servers = {}
             for name, config in configs(upstream, pg_url).items():
+                if only is not None and name not in only:
+                    continue
                 pids: list[int] = []
                 url = stack.enter_context(running_server(config, pids=pids))
                 servers[name] = (url, metered_key(url), pids[0])
-            results = measure(servers, args.seconds, args.pairs)
+            modes, keys = tuple(args.modes.split(",")), tuple(args.keys.split(","))
+            results = measure(servers, args.seconds, args.pairs, modes, keys)
     finally:
         drop_database(pg_url)
     report(results)

@@ -42,7 +42,7 @@ def thread_totals(directory: Path) -> dict[int, int]:
 
 def count(config: dict[str, object], who: str, seconds: int) -> tuple[float, float]:
     """(main thread, all threads) instructions per request."""
-    config = {**config, "local_models": [], "key_cache_seconds": 1}
+    config = {**config, "local_models": []}
     with tempfile.TemporaryDirectory() as out:
         callgrind = (
             "valgrind",
