@@ -23,6 +23,7 @@ from llmrelay.accounting.limits import (
     check_money,
     quota_error,
     rate_error,
+    refill,
     refused_outright,
     wait_ms,
 )
@@ -55,19 +56,30 @@ class _Rates:
     def refill(self, now: int, rpm: int | None, tpm: int | None) -> None:
         """Both levels at ``now``, under the key's limits as they are now (a bucket that had no
         limit starts full)."""
-        elapsed = now - self.at_ms if now > self.at_ms else 0
         if rpm is not None:
-            full = rpm * WINDOW_MS
-            level = self.requests + elapsed * rpm if self.rpm is not None else full
-            self.requests = level if level < full else full
+            self.requests = (
+                refill(self.requests, self.at_ms, now, rpm)
+                if self.rpm is not None
+                else rpm * WINDOW_MS
+            )
         if tpm is not None:
-            full = tpm * WINDOW_MS
-            level = self.tokens + elapsed * tpm if self.tpm is not None else full
-            self.tokens = level if level < full else full
+            self.tokens = (
+                refill(self.tokens, self.at_ms, now, tpm)
+                if self.tpm is not None
+                else tpm * WINDOW_MS
+            )
         self.rpm = rpm
         self.tpm = tpm
-        if elapsed:
+        if now > self.at_ms:
             self.at_ms = now
+
+    def status(self) -> RateStatus:
+        return RateStatus(
+            self.rpm,
+            self.requests if self.rpm is not None else 0,
+            self.tpm,
+            self.tokens if self.tpm is not None else 0,
+        )
 
 
 class MemoryLimiter:
@@ -196,22 +208,19 @@ class MemoryLimiter:
         now = now or self._now()
         rates = self._rates.get(key_id)
         if rates is None:
-            rates = _Rates(rpm, 0, tpm, 0, now)
-            rates.requests = rpm * WINDOW_MS if rpm is not None else 0
-            rates.tokens = tpm * WINDOW_MS if tpm is not None else 0
-            self._rates[key_id] = rates
-        elif now > rates.at_ms or rpm != rates.rpm or tpm != rates.tpm:
-            rates.refill(now, rpm, tpm)
+            rates = self._rates[key_id] = _Rates(None, 0, None, 0, now)
+        if now > rates.at_ms or rpm != rates.rpm or tpm != rates.tpm:
+            rates.refill(now, rpm, tpm)  # (a new key's buckets start full)
         need = tokens * WINDOW_MS
-        requests = rates.requests if rpm is not None else 0
-        tokens_level = rates.tokens if tpm is not None else 0
-        if (rpm is not None and requests < WINDOW_MS) or (tpm is not None and tokens_level < need):
+        if (rpm is not None and rates.requests < WINDOW_MS) or (
+            tpm is not None and rates.tokens < need
+        ):
             raise _refusal(rates, need)
         if rpm is not None:
-            requests = rates.requests = requests - WINDOW_MS
+            rates.requests -= WINDOW_MS
         if tpm is not None:
-            tokens_level = rates.tokens = tokens_level - need
-        return RateStatus(rpm, requests, tpm, tokens_level)
+            rates.tokens -= need
+        return rates.status()
 
     def _add_tokens(self, key_id: int, delta: int) -> None:
         if not delta:
@@ -341,11 +350,5 @@ def _refusal(rates: _Rates, need: int) -> RateLimited:
         request_wait = wait_ms(rates.requests, WINDOW_MS, rates.rpm)
     if rates.tpm is not None and rates.tokens < need:
         token_wait = wait_ms(rates.tokens, need, rates.tpm)
-    status = RateStatus(
-        rates.rpm,
-        rates.requests if rates.rpm is not None else 0,
-        rates.tpm,
-        rates.tokens if rates.tpm is not None else 0,
-    )
     short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
-    return rate_error(status, max(request_wait, token_wait), short)
+    return rate_error(rates.status(), max(request_wait, token_wait), short)
