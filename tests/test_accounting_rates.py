@@ -96,6 +96,23 @@ def test_tokens_per_minute_with_corrections(backend: Backend) -> None:
     run(work())
 
 
+def test_tokens_given_back_after_a_refill_fill_the_bucket_no_further(backend: Backend) -> None:
+    async def work() -> None:
+        limiter = backend.make()
+        await limiter.check_rate(1, None, 1000, 600)  # 400 left
+        backend.clock.advance(30)  # +500: 900
+        await limiter.add_tokens(1, -300)  # 1200, capped at the minute's 1000
+        status = await limiter.check_rate(1, None, 1000, 1000)
+        assert status.headers()["x-ratelimit-remaining-tokens"] == "0"
+        # Given back within the same millisecond (nothing refills before the next check).
+        await limiter.add_tokens(1, -1300)
+        status = await limiter.check_rate(1, None, 1000, 1000)
+        assert status.headers()["x-ratelimit-remaining-tokens"] == "0"
+        await _close(limiter)
+
+    run(work())
+
+
 def test_headers_of_an_admitted_request(backend: Backend) -> None:
     async def work() -> None:
         limiter = backend.make()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from openai.types.chat import ChatCompletion
 
 from tests.billing import (
     ANSWER_PUSD,
@@ -97,6 +99,57 @@ def test_requests_per_minute(billing: Server) -> None:
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+RATE_HEADERS = [
+    f"x-ratelimit-{what}-{unit}"
+    for unit in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+]
+RESET = re.compile(r"\d+ms|(\d+m)?\d+(\.\d+)?s")
+
+
+def _rate_headers_on_one_connection(server: Server, name: str) -> None:
+    """Each answer of a metered key, JSON or streamed, carries each x-ratelimit-* header once,
+    with the key's state after it; answers that follow one another on one connection stay
+    intact (a head spliced wrongly would break the next one's framing)."""
+    key = server.create_key(name, "--rpm", "6", "--tpm", "100000")
+    remaining = []
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for stream in (False, True, False, True):
+            response = http.post("/v1/chat/completions", json={**BODY, "stream": stream})
+            assert response.status_code == 200, response.text
+            if stream:
+                assert response.text.endswith("data: [DONE]\n\n")
+            else:
+                ChatCompletion.model_validate(response.json())
+            for header in RATE_HEADERS:
+                assert len(response.headers.get_list(header)) == 1, header
+            assert response.headers["x-ratelimit-limit-requests"] == "6"
+            assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+            for unit in ("requests", "tokens"):
+                assert RESET.fullmatch(response.headers[f"x-ratelimit-reset-{unit}"])
+            assert int(response.headers["x-ratelimit-remaining-tokens"]) < 100000
+            remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [5, 4, 3, 2]
+
+
+def test_rate_limit_headers_on_every_answer(billing: Server) -> None:
+    _rate_headers_on_one_connection(billing, "k-headers")
+
+
+def test_rate_limit_headers_with_the_h11_parser(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream
+) -> None:
+    """The h11 protocol offers no way to write header lines into a head: the headers go
+    through uvicorn's checks like any other."""
+    server = start_billing(
+        tmp_path_factory.mktemp("h11"), upstream, http_parser="h11", local_models=[]
+    )
+    try:
+        _rate_headers_on_one_connection(server, "k-h11")
+    finally:
+        stop_server(server)
 
 
 def test_tokens_per_minute_within_one_request(billing: Server) -> None:

@@ -57,3 +57,42 @@ def test_a_burst_is_written_once_it_reaches_the_threshold() -> None:
     writes, count = asyncio.run(main())
     assert writes[0] == b"x" * 200 * count
     assert writes[1:] == [b"tail"]
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+LINES = b"x-ratelimit-limit-requests: 6\r\nx-ratelimit-remaining-requests: 5\r\n"
+
+
+def test_head_lines_go_into_the_next_response_head_once() -> None:
+    async def main() -> list[bytes]:
+        transport, recorder = corked()
+        transport.add_to_head(LINES)
+        transport.write(HEAD)
+        transport.write(b"{}")
+        await asyncio.sleep(0)
+        transport.write(HEAD)  # the next response on the connection: its own head
+        transport.write(b"{}")
+        await asyncio.sleep(0)
+        return recorder.writes
+
+    first, second = asyncio.run(main())
+    assert first == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + LINES + b"\r\n{}"
+    assert second == HEAD + b"{}"
+
+
+def test_head_lines_skip_an_interim_head_and_body_bytes() -> None:
+    async def main() -> list[bytes]:
+        transport, recorder = corked()
+        transport.add_to_head(LINES)
+        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await asyncio.sleep(0)
+        transport.write(b"data: x\r\n\r\n")  # not a head, though it ends like one
+        await asyncio.sleep(0)
+        transport.write(HEAD)
+        await asyncio.sleep(0)
+        return recorder.writes
+
+    interim, body, head = asyncio.run(main())
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert body == b"data: x\r\n\r\n"
+    assert head == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + LINES + b"\r\n"

@@ -98,13 +98,27 @@ class RateStatus:
     tokens_level: int = 0
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers as a response sends them (lower-case names, latin-1 values)."""
+        """The headers as an ASGI response sends them (lower-case names, latin-1 values)."""
         found: list[tuple[bytes, bytes]] = []
-        if self.rpm is not None:
-            found += _describe(_REQUEST_HEADERS, self.rpm, self.requests_level)
-        if self.tpm is not None:
-            found += _describe(_TOKEN_HEADERS, self.tpm, self.tokens_level)
+        for names, limit, level in (
+            (_REQUEST_HEADERS, self.rpm, self.requests_level),
+            (_TOKEN_HEADERS, self.tpm, self.tokens_level),
+        ):
+            if limit is not None:
+                most, remaining, reset = _describe(limit, level)
+                found += ((names[0], b"%d" % most), (names[1], b"%d" % remaining))
+                found.append((names[2], reset))
         return found
+
+    def head_lines(self) -> bytes:
+        """The same headers as HTTP header lines (``name: value\r\n`` each), for
+        :data:`~llmrelay.corking.HEAD_LINES`."""
+        lines = b""
+        if self.rpm is not None:
+            lines = _REQUEST_LINES % _describe(self.rpm, self.requests_level)
+        if self.tpm is not None:
+            lines += _TOKEN_LINES % _describe(self.tpm, self.tokens_level)
+        return lines
 
     def headers(self) -> dict[str, str]:
         return {name.decode(): value.decode() for name, value in self.raw_headers()}
@@ -114,17 +128,19 @@ _REQUEST_HEADERS, _TOKEN_HEADERS = (
     (b"x-ratelimit-limit-" + kind, b"x-ratelimit-remaining-" + kind, b"x-ratelimit-reset-" + kind)
     for kind in (b"requests", b"tokens")
 )
+_REQUEST_LINES, _TOKEN_LINES = (
+    b"%s: %%d\r\n%s: %%d\r\n%s: %%s\r\n" % names for names in (_REQUEST_HEADERS, _TOKEN_HEADERS)
+)
 
 
-def _describe(
-    names: tuple[bytes, bytes, bytes], limit: int, level: int
-) -> tuple[tuple[bytes, bytes], ...]:
+def _describe(limit: int, level: int) -> tuple[int, int, bytes]:
+    """The limit, what remains of it and the time until the bucket is full again (text)."""
     # On every metered response: plain arithmetic, no helper calls for the common case.
     to_full = -((level - limit * WINDOW_MS) // limit) if limit else 0  # ms, rounded up
     return (
-        (names[0], b"%d" % limit),
-        (names[1], b"%d" % (level // WINDOW_MS) if level > 0 else b"0"),
-        (names[2], b"%dms" % to_full if 0 <= to_full < 1000 else duration_text(to_full).encode()),
+        limit,
+        level // WINDOW_MS if level > 0 else 0,
+        b"%dms" % to_full if 0 <= to_full < 1000 else duration_text(to_full).encode(),
     )
 
 

@@ -228,10 +228,16 @@ class MemoryLimiter:
         rates = self._rates.get(key_id)
         if rates is None or rates.tpm is None:
             return
-        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)
         full = rates.tpm * WINDOW_MS
+        if delta < 0:
+            # Tokens given back (the usual case: estimates are upper bounds). Refilling first
+            # would end the same: the level is capped at full either way.
+            level = rates.tokens - delta * WINDOW_MS
+            rates.tokens = full if level > full else level
+            return
+        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)  # a debt, from now
         level = rates.tokens - delta * WINDOW_MS
-        rates.tokens = full if level > full else -full if level < -full else level
+        rates.tokens = -full if level < -full else level
 
     # -- the protocol: the async methods run the synchronous ones -------------------------
 

@@ -142,10 +142,6 @@ class Meter:
     first_chunk: float = 0.0  # perf_counter() when a stream's first chunk was ready
     closed: bool = False
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The response's ``x-ratelimit-*`` headers, as raw (name, value) pairs."""
-        return self.rate.raw_headers() if self.rate is not None else []
-
     def answered_by(self, channel: str) -> None:
         self.channel = channel
         if self.request.stream:

@@ -58,7 +58,7 @@ async def answer(request: Request, ctx: AppContext, key: KeyRecord, body: Any) -
             model=info.id,
             logprobs=chat.logprobs,
         ),
-        raw_headers=meter.headers(),
+        rate=meter.rate,
     )
 
 

@@ -50,7 +50,7 @@ async def completions(request: Request) -> Response:
             model=info.id,
             prefix=req.raw_prompt if req.echo and req.raw_prompt else "",
         ),
-        raw_headers=meter.headers(),
+        rate=meter.rate,
     )
 
 

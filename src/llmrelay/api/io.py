@@ -13,6 +13,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from llmrelay import jsonio
+from llmrelay.accounting.limits import RateStatus
+from llmrelay.corking import HEAD_LINES
 from llmrelay.dialects.render import DONE, sse_error
 from llmrelay.errors import LLMRelayError, PayloadTooLarge, internal_error
 from llmrelay.gateway import OpenStream
@@ -23,6 +25,8 @@ T = TypeVar("T")
 
 
 class JSONResponse(Response):
+    """A JSON answer; with ``rate``, a metered key's ``x-ratelimit-*`` headers."""
+
     media_type = "application/json"
 
     def __init__(
@@ -31,14 +35,37 @@ class JSONResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         *,
-        raw_headers: list[tuple[bytes, bytes]] | None = None,
+        rate: RateStatus | None = None,
     ) -> None:
         super().__init__(content, status_code, headers)
-        if raw_headers:  # already encoded (a metered answer's rate-limit headers)
-            self.raw_headers += raw_headers
+        self.rate = rate
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.rate is None:
+            await super().__call__(scope, receive, send)
+            return
+        headers = with_rate_headers(scope, self.raw_headers, self.rate)
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def with_rate_headers(
+    scope: Scope, headers: list[tuple[bytes, bytes]], rate: RateStatus | None
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` and the ``x-ratelimit-*`` headers of ``rate``, for the response about to
+    start: given to the server as finished lines where it takes them (:data:`HEAD_LINES`),
+    else added to the list."""
+    if rate is None or (rate.rpm is None and rate.tpm is None):
+        return headers
+    extensions = scope.get("extensions")
+    add_to_head = extensions.get(HEAD_LINES) if extensions is not None else None
+    if add_to_head is None:
+        return headers + rate.raw_headers()
+    add_to_head(rate.head_lines())
+    return headers
 
 
 class ClientGone(Exception):
@@ -125,8 +152,7 @@ class StreamMeter(Protocol):
     """What accounts for a stream (see ``accounting.meter.Meter``)."""
 
     closed: bool  # already ended (or accounting is off): nothing left to account
-
-    def headers(self) -> list[tuple[bytes, bytes]]: ...
+    rate: RateStatus | None  # the key's rate-limit state, for the x-ratelimit-* headers
 
     def finished(
         self, usage: Usage | None, generated: list[str], error: LLMRelayError | None
@@ -163,8 +189,7 @@ class SSEResponse(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        if meter is not None:
-            self.raw_headers += meter.headers()
+        self.rate = meter.rate if meter is not None else None
         self.renderer = renderer
         self.stream = stream
         self.meter = meter if meter is not None and not meter.closed else None
@@ -174,7 +199,8 @@ class SSEResponse(Response):
         watch = DisconnectWatch(receive)
         ended = False
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            headers = with_rate_headers(scope, self.raw_headers, self.rate)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             tail = await self._relay(send)
             ended = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
