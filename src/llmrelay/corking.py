@@ -48,11 +48,12 @@ class CorkedTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
+        data = bytes(data)
         if self._head_lines:
-            data = self._with_head_lines(bytes(data))
+            data = self._with_head_lines(data)
         if not self._pending:
             self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
+        self._pending.append(data)
         self._size += len(data)
         if self._size >= FLUSH_BYTES:
             self._flush()  # the call_soon above then finds nothing to do

@@ -106,8 +106,11 @@ class RateStatus:
         ):
             if limit is not None:
                 most, remaining, reset = _describe(limit, level)
-                found += ((names[0], b"%d" % most), (names[1], b"%d" % remaining))
-                found.append((names[2], reset))
+                found += (
+                    (names[0], b"%d" % most),
+                    (names[1], b"%d" % remaining),
+                    (names[2], reset),
+                )
         return found
 
     def head_lines(self) -> bytes:

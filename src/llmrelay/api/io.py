@@ -44,12 +44,8 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.rate is None:
-            await super().__call__(scope, receive, send)
-            return
-        headers = with_rate_headers(scope, self.raw_headers, self.rate)
-        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        self.raw_headers = with_rate_headers(scope, self.raw_headers, self.rate)
+        await super().__call__(scope, receive, send)
 
 
 def with_rate_headers(
