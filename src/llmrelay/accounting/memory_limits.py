@@ -133,7 +133,7 @@ class MemoryLimiter:
         account.touched_ms = now
         return account
 
-    def _reserve(
+    def _hold(
         self,
         key_id: int,
         user_id: int,
@@ -142,11 +142,12 @@ class MemoryLimiter:
         key_spent: Money,
         user_balance: Money | None,
         user_spent: Money,
-        now: int = 0,
+        now: int,
     ) -> Reservation:
+        """Reserve ``amount`` for the key and the user, or raise the 429 of whichever it
+        would overdraw."""
         if type(amount) is not int or amount < 0:
             check_money(amount)
-        now = now or self._now()
         if now >= self._next_lapse_ms:
             self._lapse(now)
         key = self._account(self._keys, key_id, key_spent, now)
@@ -168,44 +169,15 @@ class MemoryLimiter:
         user.holding += 1
         return reservation
 
-    def _settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        if type(actual_cost) is not int or actual_cost < 0:
-            check_money(actual_cost, "actual_cost")
-        if reservation.settled:
-            return
-        reservation.settled = True
-        hold = self._holds.pop(reservation, None)
-        if hold is None:  # it lapsed: the cost counts all the same
-            for account in (
-                self._keys.get(reservation.key_id),
-                self._users.get(reservation.user_id),
-            ):
-                if account is not None:
-                    account.spent += actual_cost
-            return
-        key, user, _ = hold
-        amount = reservation.amount
-        key.reserved -= amount
-        key.holding -= 1
-        key.spent += actual_cost
-        user.reserved -= amount
-        user.holding -= 1
-        user.spent += actual_cost
-
-    # -- rates ----------------------------------------------------------------------------
-
-    def _check_rate(
-        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: int = 0
+    def _count_request(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: int
     ) -> RateStatus:
-        if rpm is None and tpm is None:
-            if self._rates:
-                self._rates.pop(key_id, None)
-            return _NO_LIMITS
+        """Take one request of ``tokens`` from the key's buckets (at least one limit is set),
+        or raise its 429."""
         if tokens < 0:
             tokens = 0
         if rpm == 0 or (tpm is not None and tokens > tpm):
             raise refused_outright(rpm, tpm, tokens) or AssertionError("not refused")
-        now = now or self._now()
         rates = self._rates.get(key_id)
         if rates is None:
             rates = self._rates[key_id] = _Rates(None, 0, None, 0, now)
@@ -216,53 +188,30 @@ class MemoryLimiter:
             tpm is not None and rates.tokens < need
         ):
             raise _refusal(rates, need)
+        requests = tokens_left = 0
         if rpm is not None:
-            rates.requests -= WINDOW_MS
+            requests = rates.requests = rates.requests - WINDOW_MS
         if tpm is not None:
-            rates.tokens -= need
-        return rates.status()
+            tokens_left = rates.tokens = rates.tokens - need
+        return RateStatus(rpm, requests, tpm, tokens_left)
 
-    def _add_tokens(self, key_id: int, delta: int) -> None:
-        if not delta:
-            return
-        rates = self._rates.get(key_id)
-        if rates is None or rates.tpm is None:
-            return
-        full = rates.tpm * WINDOW_MS
-        if delta < 0:
-            # Tokens given back (the usual case: estimates are upper bounds). Refilling first
-            # would end the same: the level is capped at full either way.
-            level = rates.tokens - delta * WINDOW_MS
-            rates.tokens = full if level > full else level
-            return
-        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)  # a debt, from now
-        level = rates.tokens - delta * WINDOW_MS
+    def _debt(self, rates: _Rates, tokens: int) -> None:
+        """A request used ``tokens`` more than its estimate: taken from now on, down to at
+        most one minute's worth below empty."""
+        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)
+        full = rates.tpm * WINDOW_MS if rates.tpm is not None else 0
+        level = rates.tokens - tokens * WINDOW_MS
         rates.tokens = -full if level < -full else level
 
-    # -- the protocol: the async methods run the synchronous ones -------------------------
+    def _spend_lapsed(self, reservation: Reservation, actual_cost: Money) -> None:
+        """The settlement of a reservation that lapsed: the cost counts all the same."""
+        for account in (self._keys.get(reservation.key_id), self._users.get(reservation.user_id)):
+            if account is not None:
+                account.spent += actual_cost
 
-    async def reserve(
-        self,
-        key_id: int,
-        user_id: int,
-        amount: Money,
-        *,
-        key_credit: Money | None,
-        key_spent: Money,
-        user_balance: Money | None,
-        user_spent: Money,
-    ) -> Reservation:
-        return self._reserve(
-            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent
-        )
-
-    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
-        self._settle(reservation, actual_cost)
-
-    async def check_rate(
-        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
-    ) -> RateStatus:
-        return self._check_rate(key_id, rpm, tpm, tokens)
+    # -- the protocol ---------------------------------------------------------------------
+    # admit_now and finish_soon do the work of every other method; they run for every metered
+    # request, so each is one function with the common case inline.
 
     def admit_now(
         self,
@@ -278,13 +227,50 @@ class MemoryLimiter:
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None]:
         now = int(self._clock() * 1000)
-        status = self._check_rate(key_id, rpm, tpm, tokens, now)
+        if rpm is not None or tpm is not None:
+            status = self._count_request(key_id, rpm, tpm, tokens, now)
+        else:
+            if self._rates:  # limits were removed from the key: forget its buckets
+                self._rates.pop(key_id, None)
+            status = _NO_LIMITS
         if amount is None:
             return status, None
-        reservation = self._reserve(
+        return status, self._hold(
             key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
         )
-        return status, reservation
+
+    def finish_soon(
+        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
+    ) -> None:
+        if reservation is not None:
+            if type(actual_cost) is not int or actual_cost < 0:
+                check_money(actual_cost, "actual_cost")
+            if not reservation.settled:
+                reservation.settled = True
+                hold = self._holds.pop(reservation, None)
+                if hold is None:
+                    self._spend_lapsed(reservation, actual_cost)
+                else:
+                    key, user, _ = hold
+                    amount = reservation.amount
+                    key.reserved -= amount
+                    key.holding -= 1
+                    key.spent += actual_cost
+                    user.reserved -= amount
+                    user.holding -= 1
+                    user.spent += actual_cost
+        if token_delta:
+            rates = self._rates.get(key_id)
+            if rates is None or rates.tpm is None:
+                return
+            if token_delta > 0:
+                self._debt(rates, token_delta)
+                return
+            # Tokens given back (the usual case: estimates are upper bounds). Refilling first
+            # would end the same: the level is capped at full either way.
+            full = rates.tpm * WINDOW_MS
+            level = rates.tokens - token_delta * WINDOW_MS
+            rates.tokens = full if level > full else level
 
     async def admit(
         self,
@@ -312,21 +298,36 @@ class MemoryLimiter:
             user_spent,
         )
 
-    async def add_tokens(self, key_id: int, delta: int) -> None:
-        self._add_tokens(key_id, delta)
-
     async def finish(
         self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
     ) -> None:
         self.finish_soon(reservation, actual_cost, key_id, token_delta)
 
-    def finish_soon(
-        self, reservation: Reservation | None, actual_cost: Money, key_id: int, token_delta: int
-    ) -> None:
-        if reservation is not None:
-            self._settle(reservation, actual_cost)
-        if token_delta:
-            self._add_tokens(key_id, token_delta)
+    async def reserve(
+        self,
+        key_id: int,
+        user_id: int,
+        amount: Money,
+        *,
+        key_credit: Money | None,
+        key_spent: Money,
+        user_balance: Money | None,
+        user_spent: Money,
+    ) -> Reservation:
+        return self._hold(
+            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, self._now()
+        )
+
+    async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
+        self.finish_soon(reservation, actual_cost, reservation.key_id, 0)
+
+    async def check_rate(
+        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int
+    ) -> RateStatus:
+        return self.admit_now(key_id, 0, rpm, tpm, tokens, None, None, 0, None, 0)[0]
+
+    async def add_tokens(self, key_id: int, delta: int) -> None:
+        self.finish_soon(None, 0, key_id, delta)
 
     async def forget(self, *, key_id: int | None = None, user_id: int | None = None) -> None:
         """Re-learn spend from the next snapshot; outstanding reservations stay held."""
