@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 
 from llmrelay.accounting.journal import records
 from llmrelay.accounting.ledger import LedgerRow, LedgerWriter
-from llmrelay.accounting.ledger_sql import SqliteSink
+from llmrelay.accounting.ledger_sql import SQLITE_ROWS_PER_INSERT, SqliteSink, sqlite_chunks
 from llmrelay.store.db import Database
 from llmrelay.store.keys import KeyStore
 from llmrelay.store.tables import ApiKey, Ledger, User
@@ -210,6 +210,50 @@ def test_batches_keep_to_their_size_and_form_without_a_delay(url: str, journal: 
     small, eager = run(url, work)
     assert small == 10  # full batches go at once, without waiting out the 0.5 s
     assert eager <= 5
+
+
+def test_sqlite_batches_of_any_size_use_a_few_prepared_insert_statements(tmp_path: Path) -> None:
+    """Batches of every size from 1 to 600 rows are written whole and in order, by INSERTs of
+    nine sizes at most: each is parsed once, then found in sqlite3's statement cache."""
+
+    async def work(db: Database) -> tuple[set[int], list[str]]:
+        ids = await _accounts(db)
+        inserts: set[int] = set()  # the row counts of the INSERTs (the trace shows values)
+        writer = LedgerWriter(db, tmp_path / "journal", max_batch=600, max_delay=0)
+        async with writer:
+            sink = writer._sink
+            assert isinstance(sink, SqliteSink)
+            sink.connection.set_trace_callback(
+                lambda sql: (
+                    inserts.add(sql.count("), ('") + 1)
+                    if sql.startswith("INSERT INTO ledger ")
+                    else None
+                )
+            )
+            for size in (*range(1, 40), 255, 256, 257, 300, 511, 600):
+                rows = [_row(f"{size:03d}-{i:03d}", ids) for i in range(size)]
+                for row in rows:
+                    writer.record(row)
+                assert await writer.flush()
+        return inserts, (await _state(db))["ids"]
+
+    with migrated_database("sqlite", tmp_path) as url:
+        inserts, written = run(url, work)
+    sizes = (*range(1, 40), 255, 256, 257, 300, 511, 600)
+    assert written == [f"{size:03d}-{i:03d}" for size in sizes for i in range(size)]
+    assert inserts == {1, 2, 4, 8, 16, 32, 64, 128, 256}
+
+
+def test_sqlite_chunks_are_powers_of_two_largest_first() -> None:
+    for count in range(0, 1100):
+        rows = [(i,) for i in range(count)]
+        chunks = list(sqlite_chunks(rows))
+        assert [row for chunk in chunks for row in chunk] == rows
+        lengths = [len(chunk) for chunk in chunks]
+        assert lengths == sorted(lengths, reverse=True)
+        assert all(n <= SQLITE_ROWS_PER_INSERT and n & (n - 1) == 0 for n in lengths)
+        smaller = [n for n in lengths if n < SQLITE_ROWS_PER_INSERT]
+        assert len(set(smaller)) == len(smaller)  # the binary digits of the remainder
 
 
 def test_a_row_the_database_refuses_is_dropped_alone(url: str, journal: Path) -> None:

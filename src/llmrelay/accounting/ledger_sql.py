@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import Any, Protocol
@@ -93,7 +94,8 @@ _MARK = (
 )
 _READ_MARK = "SELECT seq FROM ledger_journals WHERE instance = {0}"
 _FORGET_MARK = "DELETE FROM ledger_journals WHERE instance = {0}"
-SQLITE_ROWS_PER_INSERT = 256  # 18 parameters a row: well below SQLite's 32766
+SQLITE_ROWS_PER_INSERT = 256  # a power of two (see sqlite_chunks); 18 parameters a row, well
+# below SQLite's limit of 32766
 
 
 class Sink(Protocol):
@@ -115,12 +117,25 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@functools.cache
 def _sqlite_insert(count: int) -> str:
     """One INSERT of ``count`` rows: sqlite3's executemany releases and retakes the GIL for
-    every row, which the event loop on the other thread pays for; one statement does it once.
-    Statements of recent sizes stay prepared in sqlite3's statement cache."""
+    every row, which the event loop on the other thread pays for; one statement does it once."""
     row = f"({', '.join('?' * len(FIELDS))})"
     return f"INSERT INTO ledger ({', '.join(FIELDS)}) VALUES {', '.join([row] * count)}"
+
+
+def sqlite_chunks(rows: Sequence[Record]) -> Iterator[Sequence[Record]]:
+    """``rows`` in order, in chunks of 256, 128, 64 … 1 rows (largest first): nine statement
+    sizes in all, each prepared once and then found in sqlite3's statement cache. Parsing a
+    statement of 256 rows' placeholders costs SQLite more than inserting the rows, and batch
+    sizes vary, so chunks of any size were parsed anew almost every batch."""
+    start, size = 0, SQLITE_ROWS_PER_INSERT
+    while start < len(rows):
+        while len(rows) - start < size:
+            size //= 2
+        yield rows[start : start + size]
+        start += size
 
 
 def _write_sqlite(
@@ -129,8 +144,7 @@ def _write_sqlite(
     """On a worker thread: one transaction."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
-            chunk = rows[start : start + SQLITE_ROWS_PER_INSERT]
+        for chunk in sqlite_chunks(rows):
             connection.execute(_sqlite_insert(len(chunk)), list(chain.from_iterable(chunk)))
         if users := user_costs(rows):
             connection.executemany(_CHARGE_USERS.format("?", "?"), [(c, c, i) for c, i in users])
