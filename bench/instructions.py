@@ -18,6 +18,7 @@ on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import tempfile
 import time
@@ -28,20 +29,45 @@ from bench._server import ADMIN_KEY, free_port, running_server
 from bench.accounting import configs, drop_database, metered_key, postgres_database
 from bench.relay import process, wrk
 
+# With --cache-sim, what a miss costs in instructions' worth, as callgrind_annotate's "cycle
+# estimate" weighs them: an L1 miss 10, a last-level miss 100.
+L1_MISSES = ("I1mr", "D1mr", "D1mw")
+LL_MISSES = ("ILmr", "DLmr", "DLmw")
 
-def thread_totals(directory: Path) -> dict[int, int]:
-    """Instructions per thread (1: the main thread) from callgrind's output files."""
-    totals: dict[int, int] = {}
+
+def thread_totals(directory: Path) -> dict[int, dict[str, int]]:
+    """Callgrind's event totals per thread (1: the main thread), by event name (``Ir``, and
+    the cache misses with --cache-sim)."""
+    totals: dict[int, dict[str, int]] = {}
     for path in directory.glob("callgrind.out*"):
         thread = int(path.name.rsplit("-", 1)[1]) if "-" in path.name else 1
+        events: list[str] = []
         for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("totals:"):
-                totals[thread] = totals.get(thread, 0) + int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("totals:"):
+                mine = totals.setdefault(thread, {})
+                for name, value in zip(events, line.split()[1:], strict=False):
+                    mine[name] = mine.get(name, 0) + int(value)
     return totals
 
 
-def count(config: dict[str, object], who: str, seconds: int) -> tuple[float, float]:
-    """(main thread, all threads) instructions per request."""
+def weighted(events: dict[str, int]) -> float:
+    """Instructions plus the misses' estimated cost (just instructions without --cache-sim)."""
+    l1 = sum(events.get(name, 0) for name in L1_MISSES)
+    return events.get("Ir", 0) + 10 * l1 + 100 * sum(events.get(name, 0) for name in LL_MISSES)
+
+
+def count(
+    config: dict[str, object],
+    who: str,
+    seconds: int,
+    cache_sim: bool = False,
+    keep: Path | None = None,
+) -> tuple[float, float]:
+    """(main thread, all threads) instructions per request; with ``cache_sim``, instructions
+    plus the cost of cache misses (see :func:`weighted`). With ``keep``, callgrind's files are
+    copied there, for ``callgrind_annotate``."""
     config = {**config, "local_models": []}
     with tempfile.TemporaryDirectory() as out:
         callgrind = (
@@ -49,6 +75,7 @@ def count(config: dict[str, object], who: str, seconds: int) -> tuple[float, flo
             "--tool=callgrind",
             "--instr-atstart=no",
             "--separate-threads=yes",
+            f"--cache-sim={'yes' if cache_sim else 'no'}",
             f"--callgrind-out-file={out}/callgrind.out",
         )
         pids: list[int] = []
@@ -69,7 +96,11 @@ def count(config: dict[str, object], who: str, seconds: int) -> tuple[float, flo
             subprocess.run(
                 ["callgrind_control", "-i", "off", str(pids[0])], check=True, capture_output=True
             )
-        totals = thread_totals(Path(out))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for path in Path(out).iterdir():
+                shutil.copy(path, keep / path.name)
+        totals = {thread: weighted(events) for thread, events in thread_totals(Path(out)).items()}
     return totals.get(1, 0) / requests, sum(totals.values()) / requests
 
 
@@ -80,6 +111,15 @@ def main() -> None:
         "--only", default="", help="comma-separated configurations to run besides off (all)"
     )
     parser.add_argument("--keys", default="admin,metered", help="comma-separated: admin, metered")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="simulate the caches and count each miss as well (an L1 miss as 10 instructions, "
+        "a last-level miss as 100): what accounting adds is partly instruction-cache misses",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="copy callgrind's files to KEEP/<configuration>-<key>/"
+    )
     args = parser.parse_args()
     only = {"off", *args.only.split(",")} if args.only else None
     up_port = free_port()
@@ -97,11 +137,15 @@ def main() -> None:
                 if only is not None and name not in only:
                     continue
                 for who in args.keys.split(","):
-                    rows.append((name, who, *count(config, who, args.seconds)))
+                    keep = args.keep / f"{name}-{who}" if args.keep else None
+                    rows.append(
+                        (name, who, *count(config, who, args.seconds, args.cache_sim, keep))
+                    )
     finally:
         drop_database(pg_url)
     off = {who: main for name, who, main, _ in rows if name == "off"}
-    print("| accounting | key | main thread instr/request | vs off | all threads | vs off |")
+    unit = "instr + misses" if args.cache_sim else "instr"
+    print(f"| accounting | key | main thread {unit}/request | vs off | all threads | vs off |")
     print("|---|---|---:|---:|---:|---:|")
     off_all = {who: every for name, who, _, every in rows if name == "off"}
     for name, who, main_thread, every in rows:
