@@ -13,13 +13,20 @@ measured, so one long run per configuration cannot tell them apart. Instead each
 ``--pairs`` pairs of short slices: accounting off, then the configuration (or the other way
 round, alternating), back to back, and a pair's ratio compares two slices run within seconds of
 each other. The table shows the median ratio and its quartiles, and medians of the raw values.
+
+Added latency is measured apart, at concurrency 1 (at 32 the latency of a saturated server is
+only the inverse of its throughput): after a row's throughput pairs, as many pairs of 1 s
+slices with one connection, and the table shows the median of the pairs' differences in wrk's
+median and 99th-percentile latency, in µs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -78,15 +85,38 @@ def configs(upstream: str, pg_url: str) -> dict[str, dict[str, Any]]:
 
 
 Row = tuple[str, str, str]  # (mode, configuration, key)
-Slice = tuple[float, float]  # (req/s, llmrelay CPU µs per request)
+Slice = tuple[float, float, float, float]  # req/s, llmrelay CPU µs a request, p50 and p99 µs
+Pairs = dict[Row, list[tuple[Slice, Slice]]]  # (off, on) slices per row
 
 
-def run_slice(server: tuple[str, str, int], who: str, body: dict[str, Any], seconds: int) -> Slice:
+def run_slice(
+    server: tuple[str, str, int],
+    who: str,
+    body: dict[str, Any],
+    seconds: int,
+    connections: int = 32,
+) -> Slice:
     url, key, pid = server
     secret = ADMIN_KEY if who == "admin" else key
     before = cpu_seconds(pid)
-    rps = wrk(url + "/v1/chat/completions", body, 32, seconds, secret)["rps"]
-    return rps, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+    found = wrk(url + "/v1/chat/completions", body, connections, seconds, secret)
+    rps = found["rps"]
+    cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+    return rps, cpu, found["p50"] * 1000, found["p99"] * 1000
+
+
+def pair(
+    off: tuple[str, str, int],
+    on: tuple[str, str, int],
+    i: int,
+    slice_of: Callable[[tuple[str, str, int]], Slice],
+) -> tuple[Slice, Slice]:
+    """(off, on), run back to back, "off" first in even pairs."""
+    if i % 2 == 0:
+        first = slice_of(off)
+        return first, slice_of(on)
+    second = slice_of(on)
+    return slice_of(off), second
 
 
 def measure(
@@ -95,11 +125,13 @@ def measure(
     pairs: int,
     modes: tuple[str, ...] = ("json", "stream"),
     keys: tuple[str, ...] = ("admin", "metered"),
-) -> dict[Row, list[tuple[Slice, Slice]]]:
-    """For each (mode, configuration, key): ``pairs`` pairs of slices, (off, configuration),
-    each pair run back to back, the pair's order alternating and the configurations rotating,
-    so that the machine's drift weighs on both slices of a pair alike."""
-    results: dict[Row, list[tuple[Slice, Slice]]] = {}
+) -> tuple[Pairs, Pairs]:
+    """For each (mode, configuration, key): ``pairs`` pairs of slices at concurrency 32, (off,
+    configuration), each pair run back to back, the pair's order alternating and the
+    configurations rotating, so that the machine's drift weighs on both slices of a pair alike;
+    then as many pairs of 1 s slices at concurrency 1, for latency."""
+    results: Pairs = {}
+    latencies: Pairs = {}
     others = [name for name in servers if name != "off"]
     for mode in modes:
         stream = mode == "stream"
@@ -114,14 +146,15 @@ def measure(
                 run_slice(server, who, body, 1)  # warm up: connections, caches, bytecode
             for i in range(pairs):
                 for name in others[i % len(others) :] + others[: i % len(others)]:
-                    if i % 2 == 0:
-                        off = run_slice(servers["off"], who, body, seconds)
-                        on = run_slice(servers[name], who, body, seconds)
-                    else:
-                        on = run_slice(servers[name], who, body, seconds)
-                        off = run_slice(servers["off"], who, body, seconds)
-                    results.setdefault((mode, name, who), []).append((off, on))
-    return results
+                    run = functools.partial(run_slice, who=who, body=body, seconds=seconds)
+                    found = pair(servers["off"], servers[name], i, run)
+                    results.setdefault((mode, name, who), []).append(found)
+            for i in range(pairs):
+                for name in others:
+                    run = functools.partial(run_slice, who=who, body=body, seconds=1, connections=1)
+                    found = pair(servers["off"], servers[name], i, run)
+                    latencies.setdefault((mode, name, who), []).append(found)
+    return results, latencies
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -130,12 +163,13 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def report(results: dict[Row, list[tuple[Slice, Slice]]]) -> None:
+def report(results: Pairs, latencies: Pairs) -> None:
     print(
         "| mode | accounting | key | off req/s | req/s | vs off (p25-p75) "
-        "| off CPU µs/req | CPU µs/req | CPU vs off (p25-p75) |"
+        "| off CPU µs/req | CPU µs/req | CPU vs off (p25-p75) "
+        "| 1 conn: off p50 µs | added p50 µs | added p99 µs |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (mode, name, who), found in sorted(results.items()):
         rps = quartiles([on[0] / off[0] for off, on in found])
         cpu = quartiles([on[1] / off[1] for off, on in found])
@@ -146,8 +180,21 @@ def report(results: dict[Row, list[tuple[Slice, Slice]]]) -> None:
             f"| **{rps[1]:.3f}** ({rps[0]:.3f}-{rps[2]:.3f}) "
             f"| {statistics.median(off[1] for off, _ in found):.0f} "
             f"| {statistics.median(on[1] for _, on in found):.0f} "
-            f"| {cpu[1]:.3f} ({cpu[0]:.3f}-{cpu[2]:.3f}) |"
+            f"| {cpu[1]:.3f} ({cpu[0]:.3f}-{cpu[2]:.3f}) "
+            f"| {added_latency((mode, name, who), latencies)} |"
         )
+
+
+def added_latency(row: Row, latencies: Pairs) -> str:
+    """Off's median latency, and the medians of what the configuration added to the median
+    and the 99th percentile (one connection)."""
+    found = latencies.get(row)
+    if not found:
+        return "| |"
+    off = statistics.median(off[2] for off, _ in found)
+    p50 = statistics.median(on[2] - off[2] for off, on in found)
+    p99 = statistics.median(on[3] - off[3] for off, on in found)
+    return f"{off:.0f} | {p50:+.0f} | {p99:+.0f}"
 
 
 def main() -> None:
@@ -177,10 +224,10 @@ def main() -> None:
                 url = stack.enter_context(running_server(config, pids=pids))
                 servers[name] = (url, metered_key(url), pids[0])
             modes, keys = tuple(args.modes.split(",")), tuple(args.keys.split(","))
-            results = measure(servers, args.seconds, args.pairs, modes, keys)
+            results, latencies = measure(servers, args.seconds, args.pairs, modes, keys)
     finally:
         drop_database(pg_url)
-    report(results)
+    report(results, latencies)
 
 
 if __name__ == "__main__":
