@@ -212,6 +212,9 @@ def test_batches_keep_to_their_size_and_form_without_a_delay(url: str, journal: 
     assert eager <= 5
 
 
+_BATCH_SIZES = (*range(1, 40), 255, 256, 257, 300, 511, 600)
+
+
 def test_sqlite_batches_of_any_size_use_a_few_prepared_insert_statements(tmp_path: Path) -> None:
     """Batches of every size from 1 to 600 rows are written whole and in order, by INSERTs of
     nine sizes at most: each is parsed once, then found in sqlite3's statement cache."""
@@ -230,7 +233,7 @@ def test_sqlite_batches_of_any_size_use_a_few_prepared_insert_statements(tmp_pat
                     else None
                 )
             )
-            for size in (*range(1, 40), 255, 256, 257, 300, 511, 600):
+            for size in _BATCH_SIZES:
                 rows = [_row(f"{size:03d}-{i:03d}", ids) for i in range(size)]
                 for row in rows:
                     writer.record(row)
@@ -239,8 +242,7 @@ def test_sqlite_batches_of_any_size_use_a_few_prepared_insert_statements(tmp_pat
 
     with migrated_database("sqlite", tmp_path) as url:
         inserts, written = run(url, work)
-    sizes = (*range(1, 40), 255, 256, 257, 300, 511, 600)
-    assert written == [f"{size:03d}-{i:03d}" for size in sizes for i in range(size)]
+    assert written == [f"{size:03d}-{i:03d}" for size in _BATCH_SIZES for i in range(size)]
     assert inserts == {1, 2, 4, 8, 16, 32, 64, 128, 256}
 
 

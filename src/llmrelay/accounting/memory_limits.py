@@ -195,11 +195,11 @@ class MemoryLimiter:
             tokens_left = rates.tokens = rates.tokens - need
         return RateStatus(rpm, requests, tpm, tokens_left)
 
-    def _debt(self, rates: _Rates, tokens: int) -> None:
+    def _debt(self, rates: _Rates, tpm: int, tokens: int) -> None:
         """A request used ``tokens`` more than its estimate: taken from now on, down to at
         most one minute's worth below empty."""
-        rates.refill(int(self._clock() * 1000), rates.rpm, rates.tpm)
-        full = rates.tpm * WINDOW_MS if rates.tpm is not None else 0
+        rates.refill(int(self._clock() * 1000), rates.rpm, tpm)
+        full = tpm * WINDOW_MS
         level = rates.tokens - tokens * WINDOW_MS
         rates.tokens = -full if level < -full else level
 
@@ -261,14 +261,15 @@ class MemoryLimiter:
                     user.spent += actual_cost
         if token_delta:
             rates = self._rates.get(key_id)
-            if rates is None or rates.tpm is None:
+            tpm = rates.tpm if rates is not None else None
+            if rates is None or tpm is None:
                 return
             if token_delta > 0:
-                self._debt(rates, token_delta)
+                self._debt(rates, tpm, token_delta)
                 return
             # Tokens given back (the usual case: estimates are upper bounds). Refilling first
             # would end the same: the level is capped at full either way.
-            full = rates.tpm * WINDOW_MS
+            full = tpm * WINDOW_MS
             level = rates.tokens - token_delta * WINDOW_MS
             rates.tokens = full if level > full else level
 
