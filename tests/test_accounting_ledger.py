@@ -246,6 +246,24 @@ def test_sqlite_batches_of_any_size_use_a_few_prepared_insert_statements(tmp_pat
     assert inserts == {1, 2, 4, 8, 16, 32, 64, 128, 256}
 
 
+def test_the_sqlite_writer_binds_bools_and_none_as_before_without_adapting_them(
+    tmp_path: Path,
+) -> None:
+    """Adapters for bool and None are registered (sqlite3 finds them before its costly
+    ``__adapt__``/``__conform__`` lookups), and they bind what sqlite3 bound without them."""
+    connection = Database(f"sqlite+aiosqlite:///{tmp_path}/plain.db").sqlite_writer()
+    assert connection is not None
+    try:
+        for kind in (bool, type(None)):
+            assert (kind, sqlite3.PrepareProtocol) in sqlite3.adapters
+        found = connection.execute(
+            "SELECT ?, typeof(?), ?, ?, typeof(?)", (True, True, False, None, None)
+        ).fetchone()
+    finally:
+        connection.close()
+    assert found == (1, "integer", 0, None, "null")
+
+
 def test_sqlite_chunks_are_powers_of_two_largest_first() -> None:
     for count in range(0, 1100):
         rows = [(i,) for i in range(count)]

@@ -53,6 +53,26 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+def _null(value: None) -> None:
+    return None
+
+
+def bind_plainly() -> None:
+    """Have sqlite3 bind bools and None without its adaptation protocol (idempotent).
+
+    sqlite3 binds exact ints, floats, strs and bytes-likes directly; any other value (a ledger
+    row has two bools and up to three Nones) goes through ``microprotocols_adapt``, which, when
+    no adapter is registered for the type, looks up ``__adapt__`` on the protocol and
+    ``__conform__`` on the value, each miss raising and clearing an AttributeError with a
+    formatted message: a quarter of the ledger writer's instructions. A registered adapter is
+    found before those lookups. What is bound does not change (a bool is bound as its int,
+    None as NULL, as before), so the registration, which is process-wide, is safe for every
+    other sqlite3 user in the process.
+    """
+    sqlite3.register_adapter(bool, int)
+    sqlite3.register_adapter(type(None), _null)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -69,6 +89,7 @@ class Database:
         if not self.url.startswith("sqlite"):
             return None
         path = make_url(self.url).database or ":memory:"
+        bind_plainly()
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         _sqlite_pragmas(connection, None)
         return connection
