@@ -60,7 +60,7 @@ def _null(value: None) -> None:
 def bind_plainly() -> None:
     """Have sqlite3 bind bools and None without its adaptation protocol (idempotent).
 
-    sqlite3 binds exact ints, floats, strs and bytes-likes directly; any other value (a ledger
+    sqlite3 binds exact ints, floats, strs and bytearrays directly; any other value (a ledger
     row has two bools and up to three Nones) goes through ``microprotocols_adapt``, which, when
     no adapter is registered for the type, looks up ``__adapt__`` on the protocol and
     ``__conform__`` on the value, each miss raising and clearing an AttributeError with a
