@@ -261,9 +261,9 @@ class MemoryLimiter:
                     user.spent += actual_cost
         if token_delta:
             rates = self._rates.get(key_id)
-            tpm = rates.tpm if rates is not None else None
-            if rates is None or tpm is None:
+            if rates is None or rates.tpm is None:
                 return
+            tpm = rates.tpm
             if token_delta > 0:
                 self._debt(rates, tpm, token_delta)
                 return
