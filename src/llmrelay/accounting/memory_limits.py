@@ -33,6 +33,8 @@ from llmrelay.errors import RateLimited
 
 @dataclass(slots=True)
 class _Account:
+    """What a key or a user spent and holds (see ``limits.py``)."""
+
     spent: Money
     touched_ms: int
     reserved: Money = 0
@@ -43,15 +45,17 @@ _Hold = tuple[_Account, _Account, int]  # the key's and the user's accounts, the
 
 
 @dataclass(slots=True)
-class _Rates:
-    """A key's RPM and TPM buckets, refilled together. Levels are bucket units: a bucket gains
-    its limit in units every ms, up to one minute's worth; a limit of None has no bucket."""
+class _Key(_Account):
+    """A key: its account, and its RPM and TPM buckets, refilled together, in one object (one
+    lookup a request). Levels are bucket units: a bucket gains its limit in units every ms, up
+    to one minute's worth; a limit of None has no bucket."""
 
-    rpm: int | None
-    requests: int
-    tpm: int | None
-    tokens: int
-    at_ms: int
+    ident: int = 0  # the key's id
+    rpm: int | None = None
+    requests: int = 0
+    tpm: int | None = None
+    tokens: int = 0
+    at_ms: int = 0
 
     def refill(self, now: int, rpm: int | None, tpm: int | None) -> None:
         """Both levels at ``now``, under the key's limits as they are now (a bucket that had no
@@ -100,11 +104,10 @@ class MemoryLimiter:
         self._clock = clock
         self._reservation_ms = int(reservation_ttl * 1000)
         self._state_ms = int(state_ttl * 1000)
-        self._keys: dict[int, _Account] = {}
+        self._keys: dict[int, _Key] = {}
         self._users: dict[int, _Account] = {}
         self._holds: dict[Reservation, _Hold] = {}
         self._next_lapse_ms: float = math.inf
-        self._rates: dict[int, _Rates] = {}  # per key with an RPM or TPM: its buckets
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -123,19 +126,9 @@ class MemoryLimiter:
                 account.holding -= 1
         self._next_lapse_ms = math.inf
 
-    def _account(self, table: dict[int, _Account], ident: int, spent: Money, now: int) -> _Account:
-        account = table.get(ident)
-        if account is None or (not account.holding and now - account.touched_ms > self._state_ms):
-            account = table[ident] = _Account(spent, now)  # new, or idle: learn the spend afresh
-            return account
-        if spent > account.spent:
-            account.spent = spent
-        account.touched_ms = now
-        return account
-
     def _hold(
         self,
-        key_id: int,
+        key: _Key,
         user_id: int,
         amount: Money,
         key_credit: Money | None,
@@ -145,20 +138,30 @@ class MemoryLimiter:
         now: int,
     ) -> Reservation:
         """Reserve ``amount`` for the key and the user, or raise the 429 of whichever it
-        would overdraw."""
+        would overdraw. Each account learns the spend of its snapshot when it is new or was
+        idle, and whenever the snapshot shows more."""
         if type(amount) is not int or amount < 0:
             check_money(amount)
         if now >= self._next_lapse_ms:
             self._lapse(now)
-        key = self._account(self._keys, key_id, key_spent, now)
-        user = self._account(self._users, user_id, user_spent, now)
+        if key_spent > key.spent or (not key.holding and now - key.touched_ms > self._state_ms):
+            key.spent = key_spent
+        key.touched_ms = now
+        user = self._users.get(user_id)
+        if user is None or (not user.holding and now - user.touched_ms > self._state_ms):
+            user = self._users[user_id] = _Account(user_spent, now)
+        else:
+            if user_spent > user.spent:
+                user.spent = user_spent
+            user.touched_ms = now
         if key_credit is not None and key.spent + key.reserved + amount > key_credit:
             raise quota_error("key")
         if user_balance is not None and user.spent + user.reserved + amount > (
             user_balance + user_spent
         ):
             raise quota_error("user")
-        reservation = Reservation(key_id, user_id, amount)
+        # (By position: keywords cost more.)
+        reservation = Reservation(key.ident, user_id, amount)
         deadline = now + self._reservation_ms
         self._holds[reservation] = (key, user, deadline)
         if deadline < self._next_lapse_ms:
@@ -169,39 +172,17 @@ class MemoryLimiter:
         user.holding += 1
         return reservation
 
-    def _count_request(
-        self, key_id: int, rpm: int | None, tpm: int | None, tokens: int, now: int
-    ) -> RateStatus:
-        """Take one request of ``tokens`` from the key's buckets (at least one limit is set),
-        or raise its 429."""
-        if tokens < 0:
-            tokens = 0
-        if rpm == 0 or (tpm is not None and tokens > tpm):
-            raise refused_outright(rpm, tpm, tokens) or AssertionError("not refused")
-        rates = self._rates.get(key_id)
-        if rates is None:
-            rates = self._rates[key_id] = _Rates(None, 0, None, 0, now)
-        if now > rates.at_ms or rpm != rates.rpm or tpm != rates.tpm:
-            rates.refill(now, rpm, tpm)  # (a new key's buckets start full)
-        need = tokens * WINDOW_MS
-        if (rpm is not None and rates.requests < WINDOW_MS) or (
-            tpm is not None and rates.tokens < need
-        ):
-            raise _refusal(rates, need)
-        requests = tokens_left = 0
-        if rpm is not None:
-            requests = rates.requests = rates.requests - WINDOW_MS
-        if tpm is not None:
-            tokens_left = rates.tokens = rates.tokens - need
-        return RateStatus(rpm, requests, tpm, tokens_left)
+    def _key(self, key_id: int, spent: Money, now: int) -> _Key:
+        key = self._keys[key_id] = _Key(spent, now, ident=key_id, at_ms=now)
+        return key
 
-    def _debt(self, rates: _Rates, tpm: int, tokens: int) -> None:
+    def _debt(self, key: _Key, tpm: int, tokens: int) -> None:
         """A request used ``tokens`` more than its estimate: taken from now on, down to at
         most one minute's worth below empty."""
-        rates.refill(int(self._clock() * 1000), rates.rpm, tpm)
+        key.refill(int(self._clock() * 1000), key.rpm, tpm)
         full = tpm * WINDOW_MS
-        level = rates.tokens - tokens * WINDOW_MS
-        rates.tokens = -full if level < -full else level
+        level = key.tokens - tokens * WINDOW_MS
+        key.tokens = -full if level < -full else level
 
     def _spend_lapsed(self, reservation: Reservation, actual_cost: Money) -> None:
         """The settlement of a reservation that lapsed: the cost counts all the same."""
@@ -227,16 +208,32 @@ class MemoryLimiter:
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None]:
         now = int(self._clock() * 1000)
-        if rpm is not None or tpm is not None:
-            status = self._count_request(key_id, rpm, tpm, tokens, now)
-        else:
-            if self._rates:  # limits were removed from the key: forget its buckets
-                self._rates.pop(key_id, None)
+        key = self._keys.get(key_id) or self._key(key_id, key_spent, now)
+        if rpm is None and tpm is None:
+            key.rpm = key.tpm = None  # (limits removed: one set again starts full)
             status = _NO_LIMITS
+        else:  # one request of ``tokens`` from the buckets, or its 429
+            if tokens < 0:
+                tokens = 0
+            if rpm == 0 or (tpm is not None and tokens > tpm):
+                raise refused_outright(rpm, tpm, tokens) or AssertionError("not refused")
+            if now > key.at_ms or rpm != key.rpm or tpm != key.tpm:
+                key.refill(now, rpm, tpm)  # (a new key's buckets start full)
+            need = tokens * WINDOW_MS
+            if (rpm is not None and key.requests < WINDOW_MS) or (
+                tpm is not None and key.tokens < need
+            ):
+                raise _refusal(key, need)
+            requests = tokens_left = 0
+            if rpm is not None:
+                requests = key.requests = key.requests - WINDOW_MS
+            if tpm is not None:
+                tokens_left = key.tokens = key.tokens - need
+            status = RateStatus(rpm, requests, tpm, tokens_left)
         if amount is None:
             return status, None
         return status, self._hold(
-            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
+            key, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
         )
 
     def finish_soon(
@@ -260,18 +257,18 @@ class MemoryLimiter:
                     user.holding -= 1
                     user.spent += actual_cost
         if token_delta:
-            rates = self._rates.get(key_id)
-            if rates is None or rates.tpm is None:
+            found = self._keys.get(key_id)
+            if found is None or found.tpm is None:
                 return
-            tpm = rates.tpm
+            tpm = found.tpm
             if token_delta > 0:
-                self._debt(rates, tpm, token_delta)
+                self._debt(found, tpm, token_delta)
                 return
             # Tokens given back (the usual case: estimates are upper bounds). Refilling first
             # would end the same: the level is capped at full either way.
             full = tpm * WINDOW_MS
-            level = rates.tokens - token_delta * WINDOW_MS
-            rates.tokens = full if level > full else level
+            level = found.tokens - token_delta * WINDOW_MS
+            found.tokens = full if level > full else level
 
     async def admit(
         self,
@@ -315,8 +312,10 @@ class MemoryLimiter:
         user_balance: Money | None,
         user_spent: Money,
     ) -> Reservation:
+        now = self._now()
+        key = self._keys.get(key_id) or self._key(key_id, key_spent, now)
         return self._hold(
-            key_id, user_id, amount, key_credit, key_spent, user_balance, user_spent, self._now()
+            key, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
         )
 
     async def settle(self, reservation: Reservation, actual_cost: Money) -> None:
@@ -345,13 +344,12 @@ class MemoryLimiter:
         self._users.clear()
         self._holds.clear()
         self._next_lapse_ms = math.inf
-        self._rates.clear()
 
 
 _NO_LIMITS = RateStatus()
 
 
-def _refusal(rates: _Rates, need: int) -> RateLimited:
+def _refusal(rates: _Key, need: int) -> RateLimited:
     """The 429 of a request its buckets do not hold enough for."""
     request_wait = token_wait = 0
     if rates.rpm is not None and rates.requests < WINDOW_MS:
