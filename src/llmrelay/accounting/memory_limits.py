@@ -148,12 +148,13 @@ class MemoryLimiter:
             key.spent = key_spent
         key.touched_ms = now
         user = self._users.get(user_id)
-        if user is None or (not user.holding and now - user.touched_ms > self._state_ms):
+        if user is None:
             user = self._users[user_id] = _Account(user_spent, now)
-        else:
-            if user_spent > user.spent:
-                user.spent = user_spent
-            user.touched_ms = now
+        elif user_spent > user.spent or (
+            not user.holding and now - user.touched_ms > self._state_ms
+        ):
+            user.spent = user_spent
+        user.touched_ms = now
         if key_credit is not None and key.spent + key.reserved + amount > key_credit:
             raise quota_error("key")
         if user_balance is not None and user.spent + user.reserved + amount > (
@@ -349,12 +350,12 @@ class MemoryLimiter:
 _NO_LIMITS = RateStatus()
 
 
-def _refusal(rates: _Key, need: int) -> RateLimited:
+def _refusal(key: _Key, need: int) -> RateLimited:
     """The 429 of a request its buckets do not hold enough for."""
     request_wait = token_wait = 0
-    if rates.rpm is not None and rates.requests < WINDOW_MS:
-        request_wait = wait_ms(rates.requests, WINDOW_MS, rates.rpm)
-    if rates.tpm is not None and rates.tokens < need:
-        token_wait = wait_ms(rates.tokens, need, rates.tpm)
+    if key.rpm is not None and key.requests < WINDOW_MS:
+        request_wait = wait_ms(key.requests, WINDOW_MS, key.rpm)
+    if key.tpm is not None and key.tokens < need:
+        token_wait = wait_ms(key.tokens, need, key.tpm)
     short = [k for k, w in (("requests", request_wait), ("tokens", token_wait)) if w]
-    return rate_error(rates.status(), max(request_wait, token_wait), short)
+    return rate_error(key.status(), max(request_wait, token_wait), short)
