@@ -33,10 +33,15 @@ def _slow_key_cache(
     _authenticator_init(self, keys, cache_seconds=cache_seconds * 40)
 
 
-ledger.LedgerWriter.__init__.__kwdefaults__["max_delay"] = 5.0
-meter.PriceBook.__init__.__defaults__ = (600.0,)
-redis_limits.RedisLimiter.__init__.__kwdefaults__["lease_period"] = 2.5
-auth.Authenticator.__init__ = _slow_key_cache  # type: ignore[method-assign]
+def spread_periodic_work() -> None:
+    """The slower periodic work described above (also used by :mod:`bench._opcode_server`)."""
+    ledger.LedgerWriter.__init__.__kwdefaults__["max_delay"] = 5.0
+    meter.PriceBook.__init__.__defaults__ = (600.0,)
+    redis_limits.RedisLimiter.__init__.__kwdefaults__["lease_period"] = 2.5
+    auth.Authenticator.__init__ = _slow_key_cache  # type: ignore[method-assign]
 
-gc.disable()  # (the server's own gc.collect() and gc.freeze() at start still run)
-raise SystemExit(main())
+
+if __name__ == "__main__":
+    spread_periodic_work()
+    gc.disable()  # (the server's own gc.collect() and gc.freeze() at start still run)
+    raise SystemExit(main())

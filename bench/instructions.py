@@ -82,7 +82,8 @@ def count(
         with running_server(
             config, pids=pids, wrapper=callgrind, module="bench._instrumented_server", patience=300
         ) as url:
-            key = metered_key(url) if who == "metered" else ADMIN_KEY
+            metered = metered_key(url)  # (and the model's price, for both keys)
+            key = metered if who == "metered" else ADMIN_KEY
             body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
             body["max_tokens"] = 3
             target = url + "/v1/chat/completions"
