@@ -252,15 +252,6 @@ def duration_text(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def refill(level: int, at_ms: int, now_ms: int, limit: int) -> int:
-    """A bucket's level at ``now_ms``: it gains ``limit`` units per ms, up to one minute's.
-    (Comparisons, not ``min``/``max``: it runs twice for every metered request.)"""
-    if now_ms > at_ms:
-        level += (now_ms - at_ms) * limit
-    full = limit * WINDOW_MS
-    return level if level < full else full
-
-
 def wait_ms(level: int, need: int, limit: int) -> int:
     """How long until a bucket at ``level`` holds ``need`` units."""
     return max(0, math.ceil((need - level) / limit)) if limit else 0

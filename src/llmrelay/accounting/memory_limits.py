@@ -23,7 +23,6 @@ from llmrelay.accounting.limits import (
     check_money,
     quota_error,
     rate_error,
-    refill,
     refused_outright,
     wait_ms,
 )
@@ -59,22 +58,20 @@ class _Key(_Account):
 
     def refill(self, now: int, rpm: int | None, tpm: int | None) -> None:
         """Both levels at ``now``, under the key's limits as they are now (a bucket that had no
-        limit starts full)."""
+        limit starts full). ``limits.refill``'s rule, written out: it runs every millisecond
+        a key is busy."""
+        elapsed = now - self.at_ms if now > self.at_ms else 0
         if rpm is not None:
-            self.requests = (
-                refill(self.requests, self.at_ms, now, rpm)
-                if self.rpm is not None
-                else rpm * WINDOW_MS
-            )
+            full = rpm * WINDOW_MS
+            level = self.requests + elapsed * rpm if self.rpm is not None else full
+            self.requests = level if level < full else full
         if tpm is not None:
-            self.tokens = (
-                refill(self.tokens, self.at_ms, now, tpm)
-                if self.tpm is not None
-                else tpm * WINDOW_MS
-            )
+            full = tpm * WINDOW_MS
+            level = self.tokens + elapsed * tpm if self.tpm is not None else full
+            self.tokens = level if level < full else full
         self.rpm = rpm
         self.tpm = tpm
-        if now > self.at_ms:
+        if elapsed:
             self.at_ms = now
 
     def status(self) -> RateStatus:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,16 +50,18 @@ class KeyRecord:
     user_balance_pusd: Money | None = None  # the user's remaining balance; None: unlimited
     user_spent_pusd: Money = 0
     last_used_at: datetime | None = None  # the newest request's time, as the ledger has it
+    # Whether requests need a reservation or a rate check (any limit at all): worked out once
+    # here, since every request asks.
+    metered: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def metered(self) -> bool:
-        """Whether requests need a reservation or a rate check (any limit at all)."""
-        return (
+    def __post_init__(self) -> None:
+        metered = (
             self.credit_pusd is not None
             or self.user_balance_pusd is not None
             or self.rpm is not None
             or self.tpm is not None
         )
+        object.__setattr__(self, "metered", metered)  # (frozen: set once, here)
 
     def credit_left(self) -> Money | None:
         """What the key may still spend (as of the lookup), or None without a limit."""
