@@ -58,8 +58,8 @@ class _Key(_Account):
 
     def refill(self, now: int, rpm: int | None, tpm: int | None) -> None:
         """Both levels at ``now``, under the key's limits as they are now (a bucket that had no
-        limit starts full). ``limits.refill``'s rule, written out: it runs every millisecond
-        a key is busy."""
+        limit starts full). Plain arithmetic, no helper calls: it runs every millisecond a
+        key is busy."""
         elapsed = now - self.at_ms if now > self.at_ms else 0
         if rpm is not None:
             full = rpm * WINDOW_MS
