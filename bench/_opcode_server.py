@@ -54,8 +54,10 @@ def _start(*_: object) -> None:
 
 def _dump(*_: object) -> None:
     sys.settrace(None)
-    with open(os.environ["LLMRELAY_OPCODES_OUT"], "w") as out:
+    path = os.environ["LLMRELAY_OPCODES_OUT"]
+    with open(path + ".part", "w") as out:
         json.dump({"opcodes": opcodes, "calls": calls}, out)
+    os.replace(path + ".part", path)  # whole when it appears
     os._exit(0)
 
 

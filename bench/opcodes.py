@@ -58,7 +58,6 @@ def count(config: dict[str, object], who: str, seconds: int, stream: bool) -> Co
             deadline = time.monotonic() + 20
             while not out.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(0.5)  # (written in one piece before the process exits)
             found = json.loads(out.read_text())
     requests = found["calls"][ONCE_A_REQUEST]
     return {name: n / requests for name, n in found["opcodes"].items()}

@@ -170,7 +170,7 @@ class MemoryLimiter:
         user.holding += 1
         return reservation
 
-    def _key(self, key_id: int, spent: Money, now: int) -> _Key:
+    def _new_key(self, key_id: int, spent: Money, now: int) -> _Key:
         key = self._keys[key_id] = _Key(spent, now, ident=key_id, at_ms=now)
         return key
 
@@ -206,7 +206,7 @@ class MemoryLimiter:
         user_spent: Money,
     ) -> tuple[RateStatus, Reservation | None]:
         now = int(self._clock() * 1000)
-        key = self._keys.get(key_id) or self._key(key_id, key_spent, now)
+        key = self._keys.get(key_id) or self._new_key(key_id, key_spent, now)
         if rpm is None and tpm is None:
             key.rpm = key.tpm = None  # (limits removed: one set again starts full)
             status = _NO_LIMITS
@@ -311,7 +311,7 @@ class MemoryLimiter:
         user_spent: Money,
     ) -> Reservation:
         now = self._now()
-        key = self._keys.get(key_id) or self._key(key_id, key_spent, now)
+        key = self._keys.get(key_id) or self._new_key(key_id, key_spent, now)
         return self._hold(
             key, user_id, amount, key_credit, key_spent, user_balance, user_spent, now
         )
